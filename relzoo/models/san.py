@@ -1,0 +1,361 @@
+"""SAN backbones (Zhao, Jia, Koltun, "Exploring Self-attention for Image Recognition", CVPR 2020).
+
+timm:          ``timm.create_model("san10_patch")`` ... ``san19_pair`` (registered on ``import relzoo``).
+transformers:  ``SANConfig`` (model_type ``"san"``), ``SANModel``, ``SANForImageClassification`` with the Auto classes.
+
+State-dict layout (timm names; every name inside a block is the official one):
+
+=====================================  ==========================================
+official key (``module.`` stripped)    relzoo timm key
+=====================================  ==========================================
+``conv_in.*`` / ``bn_in.*``            ``stem.conv.*`` / ``stem.bn.*``
+``conv{s}.*`` / ``bn{s}.*``            ``stages.{s}.conv.*`` / ``stages.{s}.norm.*``
+``layer{s}.{b}.*``                     ``stages.{s}.blocks.{b}.*``
+``fc.*``                               ``fc.*``
+=====================================  ==========================================
+
+The transformers classes hold the same modules under ``san.`` (``SANModel`` is the ``san`` attribute) and call the
+head ``classifier`` instead of ``fc``. ``checkpoint_filter_fn`` accepts all three layouts.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import create_classifier
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+from transformers.utils.generic import can_return_tuple
+
+from ..layers.san import (IMPLEMENTATIONS, OFFICIAL_RELATIONS, PAIRWISE_RELATIONS, PATCHWISE_RELATIONS,
+                          Conv1x1, SelfAttention2d, conv1x1, footprint_padding)
+
+__all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
+           "checkpoint_filter_fn", "official_to_timm_key", "min_input_size"]
+
+SAN_LAYERS = {"san10": (2, 1, 2, 4, 1), "san15": (3, 2, 3, 5, 2), "san19": (3, 3, 4, 6, 3)}
+SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
+                for depth, layers in SAN_LAYERS.items() for short, sa_type in (("pair", "pairwise"),
+                                                                                ("patch", "patchwise"))}
+HUB_ORG = "relzoo"
+
+
+def min_input_size(kernels, pad_mode: str = "reflect") -> int:
+    """Smallest square input side a SAN accepts: stage ``s`` sees ``floor(H / 2**(s+1))`` and reflection padding
+    needs that larger than the footprint padding ``kernels[s] // 2``."""
+    need = [(footprint_padding(k) + 1 if pad_mode == "reflect" else 1) * 2 ** (s + 1) for s, k in enumerate(kernels)]
+    return max(need)
+
+
+class SANBlock(nn.Module):
+    """Pre-activation residual block (official ``Bottleneck``): ``x + conv(relu(bn2(sam(relu(bn1(x))))))``.
+
+    ``(N, C, H, W)`` -> ``(N, C, H, W)``; the attention runs at ``C // mid_reduction`` channels.
+    """
+
+    def __init__(self, sa_type, channels, kernel_size, rel_reduction=16, mid_reduction=4, share_planes=8,
+                 relation=None, implementation="fast", pad_mode="reflect"):
+        super().__init__()
+        mid = channels // mid_reduction
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.sam = SelfAttention2d(sa_type, channels, channels // rel_reduction, mid, share_planes, kernel_size,
+                                   relation=relation, implementation=implementation, pad_mode=pad_mode)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv = Conv1x1(mid, channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(x))
+        out = self.act(self.bn2(self.sam(out)))
+        return self.conv(out).add_(x)  # in place on a fresh tensor: saves an allocation the size of x
+
+
+class MaxPool2x2(nn.Module):
+    """2x2 max-pool with stride 2 (floor mode) as two element-wise maxima over strided views.
+
+    Same values as ``nn.MaxPool2d(2, 2)`` and several times faster on CPU for NCHW maps. At exact ties the gradient
+    is shared between the tied inputs instead of going to one of them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+class SANStem(nn.Module):
+    """1x1 conv + BN + ReLU at full resolution; also the input gate that checks ``(N, in_chans, H, W)``."""
+
+    def __init__(self, in_chans: int, width: int, min_size: int):
+        super().__init__()
+        self.in_chans, self.min_size = in_chans, min_size
+        self.conv = Conv1x1(in_chans, width, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.act = nn.ReLU(inplace=True)
+
+    def check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor of shape (N, {self.in_chans}, H, W), "
+                            f"got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"`pixel_values` must be 4D (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"`pixel_values` must be a floating-point tensor, got dtype {x.dtype}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"`pixel_values` must have {self.in_chans} channels (in_chans), got {x.shape[1]} "
+                             f"(shape {tuple(x.shape)})")
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"`pixel_values` spatial size {tuple(x.shape[-2:])} is too small: this SAN needs H and W of at least "
+                f"{self.min_size}, so that every stage's map is larger than its reflection padding"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if self.training or not self.bn.track_running_stats or self.bn.running_var is None:
+            return self.act(self.bn(self.conv(x)))
+        # eval: fold BN into the conv, saving a full-resolution pass over the largest map of the network
+        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        bias = self.bn.bias - self.bn.running_mean * scale
+        return self.act(conv1x1(x, self.conv.weight * scale.view(-1, 1, 1, 1), bias))
+
+
+class SANStage(nn.Module):
+    """2x2 max-pool -> 1x1 widening conv -> blocks -> BN -> ReLU. ``(N, C_in, H, W)`` -> ``(N, C, H/2, W/2)``."""
+
+    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, **block_kwargs):
+        super().__init__()
+        self.pool = MaxPool2x2()
+        self.conv = Conv1x1(in_chs, out_chs, bias=False)
+        self.blocks = nn.Sequential(*[SANBlock(sa_type, out_chs, kernel_size, **block_kwargs) for _ in range(depth)])
+        self.norm = nn.BatchNorm2d(out_chs)
+        self.act = nn.ReLU(inplace=True)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.pool(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.act(self.norm(x))
+
+
+class SAN(nn.Module):
+    """SAN backbone with timm conventions.
+
+    Args:
+        sa_type: ``"pairwise"`` or ``"patchwise"``.
+        layers: blocks per stage (5 stages).
+        kernels: footprint side per stage.
+        widths: channels per stage.
+        stem_width: channels of the stem.
+        in_chans, num_classes, global_pool, drop_rate: as in timm.
+        relation: relation function (``None`` = the released one; others are paper-only, see ``layers.san``).
+        rel_reduction, mid_reduction, share_planes: the paper's r1, r2 and weight sharing (16, 4, 8).
+        implementation: ``"fast"`` (default) or ``"reference"`` (pad + unfold, slow; for checks).
+        pad_mode: ``"reflect"`` (released) or ``"zeros"``.
+
+    Input ``(N, in_chans, H, W)`` with ``H, W >= min_input_size``; logits ``(N, num_classes)``.
+    """
+
+    def __init__(self, sa_type="patchwise", layers=(2, 1, 2, 4, 1), kernels=(3, 7, 7, 7, 7),
+                 widths=(64, 256, 512, 1024, 2048), stem_width=64, in_chans=3, num_classes=1000, global_pool="avg",
+                 drop_rate=0.0, relation=None, rel_reduction=16, mid_reduction=4, share_planes=8,
+                 implementation="fast", pad_mode="reflect", **kwargs):
+        super().__init__()
+        kwargs.pop("pretrained_cfg", None)
+        if kwargs:
+            raise TypeError(f"SAN got unexpected keyword arguments {sorted(kwargs)}")
+        layers, kernels, widths = tuple(layers), tuple(kernels), tuple(widths)
+        if not (len(layers) == len(kernels) == len(widths)):
+            raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {len(layers)}, "
+                             f"{len(kernels)} and {len(widths)}")
+        for name, w in (("widths", widths), ("stem_width", (stem_width,))):
+            for c in w:
+                if c % rel_reduction or c % mid_reduction or (c // mid_reduction) % share_planes:
+                    raise ValueError(f"every entry of `{name}` must be divisible by rel_reduction ({rel_reduction}) "
+                                     f"and mid_reduction * share_planes ({mid_reduction * share_planes}), got {c}")
+        self.num_classes, self.drop_rate = num_classes, drop_rate
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.grad_checkpointing = False
+        self.stem = SANStem(in_chans, stem_width, min_input_size(kernels, pad_mode))
+        block_kwargs = dict(rel_reduction=rel_reduction, mid_reduction=mid_reduction, share_planes=share_planes,
+                            relation=relation, implementation=implementation, pad_mode=pad_mode)
+        stages, in_chs = [], stem_width
+        self.feature_info = []
+        for i, (depth, k, c) in enumerate(zip(layers, kernels, widths)):
+            stages.append(SANStage(in_chs, c, depth, k, sa_type, **block_kwargs))
+            self.feature_info.append(dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}"))
+            in_chs = c
+        self.stages = nn.Sequential(*stages)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.conv", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            (r"^stages\.(\d+)\.norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False):
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        pool = global_pool if global_pool is not None else self.global_pool.pool_type
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(N, C, h, w)`` -> pooled ``(N, C)`` if ``pre_logits`` else logits ``(N, num_classes)``."""
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoint layouts
+# ----------------------------------------------------------------------------------------------------------------
+_OFFICIAL_RULES = [
+    (re.compile(r"^conv_in\."), "stem.conv."),
+    (re.compile(r"^bn_in\."), "stem.bn."),
+    (re.compile(r"^conv(\d+)\."), r"stages.\1.conv."),
+    (re.compile(r"^bn(\d+)\."), r"stages.\1.norm."),
+    (re.compile(r"^layer(\d+)\.(\d+)\."), r"stages.\1.blocks.\2."),
+]
+
+
+def official_to_timm_key(key: str) -> str:
+    """Rename one key of the official SAN checkpoint (``module.`` prefix optional) to relzoo's timm layout."""
+    key = key.removeprefix("module.")
+    for pattern, repl in _OFFICIAL_RULES:
+        new, n = pattern.subn(repl, key)
+        if n:
+            return new
+    return key  # fc.*
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict:
+    """Bring a state dict in any known layout to relzoo's timm layout.
+
+    Accepts the official container (``{"state_dict": {"module.conv_in.weight": ...}}``), a bare official state
+    dict, a transformers ``SANForImageClassification``/``SANModel`` state dict, or a timm one.
+    """
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("classifier."):
+            key = "fc." + key.removeprefix("classifier.")
+        elif key.startswith("san."):
+            key = key.removeprefix("san.")
+        else:
+            key = official_to_timm_key(key)
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timm registration
+# ----------------------------------------------------------------------------------------------------------------
+def _cfg(variant: str, **kwargs) -> dict:
+    return {
+        "hf_hub_id": f"{HUB_ORG}/{variant}.in1k", "num_classes": 1000, "input_size": (3, 224, 224),
+        "min_input_size": (3, 128, 128), "pool_size": (7, 7), "crop_pct": 0.875, "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.conv", "classifier": "fc",
+        "paper_ids": "arXiv:2004.13621", "paper_name": "Exploring Self-attention for Image Recognition",
+        "origin_url": "https://github.com/hszhao/SAN", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{v}.in1k": _cfg(v) for v in SAN_VARIANTS})
+
+
+def _resolve_pretrained(variant: str, kwargs: dict) -> None:
+    """Find the weights before building anything, so that a missing file fails at once with a useful message."""
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if overlay.get("file") or overlay.get("state_dict") is not None:
+        return
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    repo = overlay.get("hf_hub_id") or default_cfgs[variant].default.hf_hub_id
+    cached = try_to_load_from_cache(repo, "model.safetensors")
+    if isinstance(cached, str):
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "file": cached}
+        return
+    how = (f"No pretrained weights for {variant!r} are reachable (Hub repo {repo!r} is not in the local cache"
+           f"{' and HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else ''}). Either download them "
+           f"(`huggingface-cli download {repo}` while online), or convert an official SAN checkpoint with "
+           f"`python scripts/convert_san.py --variant {variant} --checkpoint model_best.pth --output DIR` and load it "
+           f"with timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='DIR/model.safetensors'))"
+           f" or SANForImageClassification.from_pretrained('DIR').")
+    if constants.HF_HUB_OFFLINE:
+        raise RuntimeError(how)
+    try:
+        path = hf_hub_download(repo, "model.safetensors", etag_timeout=5)
+    except Exception as err:  # network, auth or missing repo: all mean "not reachable"
+        raise RuntimeError(f"{how} ({type(err).__name__}: {err})") from err
+    kwargs["pretrained_cfg_overlay"] = {**overlay, "file": path}
+
+
+def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
+    if pretrained:
+        _resolve_pretrained(variant, kwargs)
+    model_args = dict(SAN_VARIANTS[variant], **kwargs)
+    return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True), **model_args)
+
+
+@register_model
+def san10_pair(pretrained: bool = False, **kwargs) -> SAN:
+    """SAN10, pairwise (subtraction) attention: 10,531,848 parameters at 1000 classes."""
+    return _create_san("san10_pair", pretrained, **kwargs)
+
+
+@register_model
+def san10_patch(pretrained: bool = False, **kwargs) -> SAN:
+    """SAN10, patchwise (concatenation) attention: 11,841,124 parameters at 1000 classes."""
+    return _create_san("san10_patch", pretrained, **kwargs)
+
+
+@register_model
+def san15_pair(pretrained: bool = False, **kwargs) -> SAN:
+    """SAN15, pairwise attention: 14,065,436 parameters at 1000 classes."""
+    return _create_san("san15_pair", pretrained, **kwargs)
+
+
+@register_model
+def san15_patch(pretrained: bool = False, **kwargs) -> SAN:
+    """SAN15, patchwise attention: 16,181,310 parameters at 1000 classes."""
+    return _create_san("san15_patch", pretrained, **kwargs)
+
+
+@register_model
+def san19_pair(pretrained: bool = False, **kwargs) -> SAN:
+    """SAN19, pairwise attention: 17,596,156 parameters at 1000 classes."""
+    return _create_san("san19_pair", pretrained, **kwargs)
+
+
+@register_model
+def san19_patch(pretrained: bool = False, **kwargs) -> SAN:
+    """SAN19, patchwise attention: 20,518,470 parameters at 1000 classes."""
+    return _create_san("san19_patch", pretrained, **kwargs)
