@@ -36,7 +36,7 @@ from ..layers.san import (IMPLEMENTATIONS, OFFICIAL_RELATIONS, PAIRWISE_RELATION
                           Conv1x1, SelfAttention2d, conv1x1, footprint_padding)
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
-           "checkpoint_filter_fn", "official_to_timm_key", "min_input_size"]
+           "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
 
 SAN_LAYERS = {"san10": (2, 1, 2, 4, 1), "san15": (3, 2, 3, 5, 2), "san19": (3, 3, 4, 6, 3)}
 SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
@@ -173,6 +173,11 @@ class SAN(nn.Module):
         if kwargs:
             raise TypeError(f"SAN got unexpected keyword arguments {sorted(kwargs)}")
         layers, kernels, widths = tuple(layers), tuple(kernels), tuple(widths)
+        self.arch_args = dict(sa_type=sa_type, layers=list(layers), kernels=list(kernels), widths=list(widths),
+                              stem_width=stem_width, in_chans=in_chans, relation=relation,
+                              rel_reduction=rel_reduction, mid_reduction=mid_reduction, share_planes=share_planes,
+                              implementation=implementation, pad_mode=pad_mode, global_pool=global_pool,
+                              drop_rate=drop_rate)
         if not (len(layers) == len(kernels) == len(widths)):
             raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {len(layers)}, "
                              f"{len(kernels)} and {len(widths)}")
@@ -359,3 +364,181 @@ def san19_pair(pretrained: bool = False, **kwargs) -> SAN:
 def san19_patch(pretrained: bool = False, **kwargs) -> SAN:
     """SAN19, patchwise attention: 20,518,470 parameters at 1000 classes."""
     return _create_san("san19_patch", pretrained, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transformers
+# ----------------------------------------------------------------------------------------------------------------
+class SANConfig(PreTrainedConfig):
+    r"""Configuration of a SAN model (``model_type="san"``). Defaults give SAN10-patchwise.
+
+    Args:
+        sa_type (`str`, defaults to `"patchwise"`): `"pairwise"` or `"patchwise"` self-attention.
+        relation (`str`, *optional*): relation function; `None` means the released one (pairwise `"subtraction"`,
+            patchwise `"concatenation"`). Paper-only choices: pairwise `"summation"`, `"concatenation"`,
+            `"hadamard"`, `"dot_product"`; patchwise `"star_product"`, `"clique_product"` (no official weights).
+        layers (`list[int]`, defaults to `[2, 1, 2, 4, 1]`): blocks per stage (SAN10; SAN15 `[3, 2, 3, 5, 2]`,
+            SAN19 `[3, 3, 4, 6, 3]`).
+        kernels (`list[int]`, defaults to `[3, 7, 7, 7, 7]`): footprint side per stage.
+        widths (`list[int]`, defaults to `[64, 256, 512, 1024, 2048]`): channels per stage.
+        stem_width (`int`, defaults to 64): channels of the 1x1 stem.
+        num_channels (`int`, defaults to 3): input image channels.
+        rel_reduction (`int`, defaults to 16): r1, relation channels are `width // rel_reduction`.
+        mid_reduction (`int`, defaults to 4): r2, attention runs at `width // mid_reduction` channels.
+        share_planes (`int`, defaults to 8): channels that share one attention weight.
+        pad_mode (`str`, defaults to `"reflect"`): footprint padding, `"reflect"` (released) or `"zeros"`.
+        implementation (`str`, defaults to `"fast"`): `"fast"` tap-loop operators or `"reference"` pad+unfold.
+        global_pool (`str`, defaults to `"avg"`): timm pooling type before the classifier.
+        drop_rate (`float`, defaults to 0.0): dropout before the classifier.
+    """
+
+    model_type = "san"
+
+    def __init__(self, sa_type="patchwise", relation=None, layers=(2, 1, 2, 4, 1), kernels=(3, 7, 7, 7, 7),
+                 widths=(64, 256, 512, 1024, 2048), stem_width=64, num_channels=3, rel_reduction=16,
+                 mid_reduction=4, share_planes=8, pad_mode="reflect", implementation="fast", global_pool="avg",
+                 drop_rate=0.0, **kwargs):
+        if sa_type not in OFFICIAL_RELATIONS:
+            raise ValueError(f"`sa_type` must be one of {tuple(OFFICIAL_RELATIONS)}, got {sa_type!r}")
+        allowed = PAIRWISE_RELATIONS if sa_type == "pairwise" else PATCHWISE_RELATIONS
+        if relation is not None and relation not in allowed:
+            raise ValueError(f"`relation` for sa_type={sa_type!r} must be one of {allowed} or None, got {relation!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if pad_mode not in ("reflect", "zeros"):
+            raise ValueError(f"`pad_mode` must be 'reflect' or 'zeros', got {pad_mode!r}")
+        if not (len(layers) == len(kernels) == len(widths)):
+            raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {list(layers)}, "
+                             f"{list(kernels)} and {list(widths)}")
+        self.sa_type, self.relation = sa_type, relation
+        self.layers, self.kernels, self.widths = list(layers), list(kernels), list(widths)
+        self.stem_width, self.num_channels = stem_width, num_channels
+        self.rel_reduction, self.mid_reduction, self.share_planes = rel_reduction, mid_reduction, share_planes
+        self.pad_mode, self.implementation = pad_mode, implementation
+        self.global_pool, self.drop_rate = global_pool, drop_rate
+        super().__init__(**kwargs)
+
+    def to_timm_kwargs(self) -> dict:
+        """Keyword arguments of :class:`SAN` (without `num_classes`)."""
+        return dict(sa_type=self.sa_type, relation=self.relation, layers=self.layers, kernels=self.kernels,
+                    widths=self.widths, stem_width=self.stem_width, in_chans=self.num_channels,
+                    rel_reduction=self.rel_reduction, mid_reduction=self.mid_reduction,
+                    share_planes=self.share_planes, pad_mode=self.pad_mode, implementation=self.implementation,
+                    global_pool=self.global_pool, drop_rate=self.drop_rate)
+
+    @classmethod
+    def from_timm(cls, model: SAN, **kwargs) -> SANConfig:
+        """Config of a timm :class:`SAN` (architecture and `num_labels`); `kwargs` override (e.g. `id2label`)."""
+        args = dict(model.arch_args)
+        args["num_channels"] = args.pop("in_chans")
+        if "id2label" not in kwargs:
+            kwargs.setdefault("num_labels", model.num_classes)
+        return cls(**args, **kwargs)
+
+    @classmethod
+    def from_variant(cls, variant: str, **kwargs) -> SANConfig:
+        """Config of a registered variant, e.g. `SANConfig.from_variant("san10_patch", num_labels=10)`."""
+        if variant not in SAN_VARIANTS:
+            raise ValueError(f"`variant` must be one of {sorted(SAN_VARIANTS)}, got {variant!r}")
+        return cls(**{**SAN_VARIANTS[variant], **kwargs})
+
+
+class SANPreTrainedModel(PreTrainedModel):
+    config_class = SANConfig
+    base_model_prefix = "san"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SANBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The official SAN uses PyTorch's default initialisation everywhere.
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            module.reset_parameters()
+
+
+class SANModel(SANPreTrainedModel):
+    """SAN backbone: ``pixel_values (N, C, H, W)`` -> ``last_hidden_state (N, widths[-1], H/32, W/32)`` and
+    ``pooler_output (N, widths[-1])``; ``hidden_states`` = stem output + the 5 stage outputs."""
+
+    def __init__(self, config: SANConfig):
+        super().__init__(config)
+        body = SAN(num_classes=0, **config.to_timm_kwargs())
+        self.stem, self.stages = body.stem, body.stages
+        self.global_pool = body.global_pool
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        x = self.stem(pixel_values)
+        hidden_states = (x,) if output_hidden_states else None
+        for stage in self.stages:
+            if self.gradient_checkpointing and self.training:
+                x = self._gradient_checkpointing_func(stage.__call__, x)
+            else:
+                x = stage(x)
+            if output_hidden_states:
+                hidden_states += (x,)
+        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=x, pooler_output=self.global_pool(x),
+                                                        hidden_states=hidden_states)
+
+
+class SANForImageClassification(SANPreTrainedModel):
+    """SAN with a linear classifier. ``logits (N, num_labels)``; ``loss`` (cross-entropy for single-label
+    classification, see ``config.problem_type``) when ``labels (N,)`` are given."""
+
+    def __init__(self, config: SANConfig):
+        super().__init__(config)
+        self.san = SANModel(config)
+        self.dropout = nn.Dropout(config.drop_rate)
+        self.classifier = nn.Linear(config.widths[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutputWithNoAttention:
+        outputs = self.san(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    @classmethod
+    def from_timm(cls, model: SAN, **config_kwargs) -> SANForImageClassification:
+        """Exact transformers copy of a timm :class:`SAN` (weights included)."""
+        hf = cls(SANConfig.from_timm(model, **config_kwargs))
+        state = {("classifier." + k[3:]) if k.startswith("fc.") else f"san.{k}": v
+                 for k, v in model.state_dict().items()}
+        hf.load_state_dict(state, strict=True)
+        return hf.to(next(model.parameters()).dtype)
+
+    def to_timm(self) -> SAN:
+        """Exact timm :class:`SAN` copy of this model (weights included)."""
+        model = SAN(num_classes=self.config.num_labels, **self.config.to_timm_kwargs())
+        model.load_state_dict(checkpoint_filter_fn(self.state_dict()), strict=True)
+        return model.to(self.dtype)
+
+
+def san_image_processor(image_size: int = 224, crop_pct: float = 0.875, mean=IMAGENET_DEFAULT_MEAN,
+                        std=IMAGENET_DEFAULT_STD):
+    """The SAN evaluation transform as a transformers image processor: resize the short side to
+    ``image_size / crop_pct`` (256 for 224), centre-crop ``image_size``, scale to [0, 1], normalise."""
+    from transformers import ConvNextImageProcessor
+
+    return ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=crop_pct, image_mean=list(mean),
+                                  image_std=list(std), resample=2)
+
+
+def _register_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    AutoConfig.register(SANConfig.model_type, SANConfig, exist_ok=True)
+    AutoModel.register(SANConfig, SANModel, exist_ok=True)
+    AutoModelForImageClassification.register(SANConfig, SANForImageClassification, exist_ok=True)
+
+
+_register_auto_classes()
