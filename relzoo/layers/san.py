@@ -108,9 +108,17 @@ def _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode) -> tu
         )
     if c % weight.shape[1] != 0:
         raise ValueError(f"`x` channels ({c}) must be a multiple of `weight` channels Cw ({weight.shape[1]})")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"`weight` dtype ({weight.dtype}) must match `x` dtype ({x.dtype})")
+    if not weight.is_floating_point():
+        raise TypeError(f"`weight` must be a floating-point tensor, got dtype {weight.dtype}")
     return ho, wo
+
+
+def _common_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Cast to the promoted dtype (mixed dtypes arise under autocast: bf16 matmul outputs next to fp32 norms)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def aggregation_reference(
@@ -131,6 +139,7 @@ def aggregation_reference(
         ``(N, C, H_out, W_out)``.
     """
     ho, wo = _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode)
+    x, weight = _common_dtype(x, weight)
     pad = footprint_padding(kernel_size, dilation)
     cols = F.unfold(_pad(x, pad, pad_mode), kernel_size, dilation=dilation, stride=stride)  # (N, C*K, L)
     cw = weight.shape[1]
@@ -207,6 +216,7 @@ def aggregation(
         ``(N, C, H_out, W_out)``.
     """
     ho, wo = _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode)
+    x, weight = _common_dtype(x, weight)
     x_pad = _pad(x, footprint_padding(kernel_size, dilation), pad_mode).contiguous()
     return _AggregationFunction.apply(x_pad, weight.contiguous(), kernel_size, stride, dilation, (ho, wo))
 
@@ -220,8 +230,6 @@ def _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode) -> tuple[i
     _check_map("b", b, kernel_size, dilation, pad_mode)
     if a.shape != b.shape:
         raise ValueError(f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"`a` and `b` must have the same dtype, got {a.dtype} and {b.dtype}")
     h, w = a.shape[-2:]
     return output_size(h, kernel_size, stride, dilation), output_size(w, kernel_size, stride, dilation)
 
@@ -236,6 +244,7 @@ def subtraction2_reference(
 ) -> torch.Tensor:
     """``a[centre] - unfold(pad(b))`` (slow, obviously right). ``a, b: (N, C, H, W)`` -> ``(N, C, K, L)``."""
     ho, wo = _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode)
+    a, b = _common_dtype(a, b)
     n, c = a.shape[:2]
     centre = F.unfold(a, 1, stride=stride).view(n, c, 1, ho * wo)
     nbrs = F.unfold(_pad(b, footprint_padding(kernel_size, dilation), pad_mode), kernel_size,
@@ -291,6 +300,7 @@ def subtraction2(
         ``(N, C, K, L)`` with ``K = kernel_size**2`` and ``L = H_out * W_out``.
     """
     ho, wo = _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode)
+    a, b = _common_dtype(a, b)
     b_pad = _pad(b, footprint_padding(kernel_size, dilation), pad_mode)
     return _Subtraction2Function.apply(a, b_pad, kernel_size, stride, dilation, (ho, wo))
 

@@ -1,0 +1,305 @@
+"""Image classification with Accelerate: any timm model (relzoo's included), one CPU or many GPUs/processes.
+
+The official SAN recipe is the default: SGD (lr 0.1, momentum 0.9, weight decay 1e-4 on every parameter), cosine
+schedule stepped once per epoch, label smoothing with ``1 - eps`` on the target and ``eps / (K - 1)`` elsewhere,
+RandomResizedCrop + flip for training and Resize + CenterCrop for evaluation.
+
+Checkpoints (``accelerate`` ``save_state``: model, optimizer, scheduler, every process's RNG, the step counter) are
+written to a temporary folder and renamed into place, so a crash never leaves a half-written checkpoint;
+``resume=True`` continues from the newest one exactly where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class ClassifierTrainingArguments:
+    """Arguments of :func:`train_classifier` (and of ``scripts/train_classifier.py``)."""
+
+    model: str = field(default="san10_patch", metadata={"help": "timm model name (relzoo's are registered)"})
+    model_kwargs: str = field(default="{}", metadata={"help": "JSON dict of extra timm.create_model arguments"})
+    pretrained: bool = field(default=False, metadata={"help": "start from the model's pretrained weights"})
+    dataset: str = field(default="fashion_mnist",
+                         metadata={"help": "fashion_mnist, digits, an imagefolder root or a save_to_disk folder"})
+    train_split: str = field(default="train", metadata={"help": "training split"})
+    eval_split: str = field(default="test", metadata={"help": "evaluation split"})
+    train_samples: int | None = field(default=None, metadata={"help": "use a seeded random subset of this size"})
+    eval_samples: int | None = field(default=2000, metadata={"help": "evaluate on a seeded subset (None: all)"})
+    in_chans: int = field(default=3, metadata={"help": "image channels fed to the model (1 or 3)"})
+    image_size: int = field(default=128, metadata={"help": "training/eval crop size (SAN needs >= 128)"})
+    crop_pct: float = field(default=0.875, metadata={"help": "eval: resize to image_size / crop_pct, then crop"})
+    crop_scale_min: float = field(default=0.08, metadata={"help": "RandomResizedCrop minimum area fraction"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
+    output_dir: str = field(default="outputs/san10_patch-fashion_mnist", metadata={"help": "where everything goes"})
+    batch_size: int = field(default=32, metadata={"help": "training batch size per process"})
+    eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size per process"})
+    epochs: int = field(default=1, metadata={"help": "epochs (the cosine schedule spans them)"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    lr: float | None = field(default=None, metadata={
+        "help": "SGD learning rate; default: the official 0.1 per 256 images, scaled linearly to the global batch"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay on all parameters"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "eps: target 1-eps, other classes eps/(K-1)"})
+    schedule: str = field(default="cosine_epoch",
+                          metadata={"help": "cosine_epoch (official: stepped per epoch), cosine (per step), constant"})
+    mixed_precision: str = field(default="no", metadata={"help": "no or bf16 (autocast)"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing (timm models)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, data order and augmentation"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    save_model: bool = field(default=True, metadata={"help": "write the Hub-ready folder output_dir/model"})
+    stop_after_steps: int | None = field(
+        default=None, metadata={"help": "quit after this step as if killed (no eval, no final save); to test resume"})
+    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
+
+    def validate(self) -> None:
+        if self.schedule not in ("cosine_epoch", "cosine", "constant"):
+            raise ValueError(f"`schedule` must be cosine_epoch, cosine or constant, got {self.schedule!r}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        for name in ("batch_size", "eval_batch_size", "epochs", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
+        try:
+            kwargs = json.loads(self.model_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`model_kwargs` must be a JSON object, got {self.model_kwargs!r} ({err})") from err
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"`model_kwargs` must be a JSON object, got {self.model_kwargs!r}")
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    """Cross-entropy against ``q = 1 - eps`` on the target and ``eps / (K - 1)`` on every other class (the official
+    SAN smoothing; torch's ``label_smoothing`` puts ``eps / K`` on all classes instead). Mean over the batch.
+
+    ``logits: (N, K)``, ``target: (N,)`` int64.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    if eps == 0:
+        return nll.mean()
+    k = logits.shape[-1]
+    others = -logp.sum(dim=-1) - nll  # sum of -log p over the K - 1 non-target classes
+    return ((1 - eps) * nll + eps / (k - 1) * others).mean()
+
+
+class TrainState:
+    """Step counter saved with every checkpoint (``accelerate.register_for_checkpointing``)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """Newest complete checkpoint (``step_<N>``); temporary folders of interrupted saves are ignored."""
+    if not checkpoint_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int, keep: int) -> Path:
+    final = checkpoint_dir / f"step_{step:08d}"
+    tmp = checkpoint_dir / f".tmp-step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        done = sorted((int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
+        for _, old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _lr_factor(schedule: str, steps_per_epoch: int, epochs: int, total_steps: int):
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if schedule == "cosine_epoch":  # torch CosineAnnealingLR(T_max=epochs) stepped once per epoch
+            return 0.5 * (1 + math.cos(math.pi * (step // steps_per_epoch) / epochs))
+        return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+    return factor
+
+
+def _subset(ds, n: int | None, seed: int):
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def evaluate(model, dataloader, accelerator) -> dict:
+    """Top-1 / top-5 accuracy (fractions) and mean loss over a prepared dataloader, all processes gathered."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = 0.0
+    with torch.no_grad():
+        for batch in dataloader:
+            with accelerator.autocast():
+                logits = model(batch["pixel_values"])
+            logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            correct1 += (top[:, 0] == labels).sum().item()
+            correct5 += (top == labels[:, None]).any(dim=-1).sum().item()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            total += labels.numel()
+    return {"top1": correct1 / max(total, 1), "top5": correct5 / max(total, 1), "eval_loss": loss_sum / max(total, 1),
+            "eval_samples": total}
+
+
+def train_classifier(args: ClassifierTrainingArguments) -> dict:
+    """Train, evaluate and save; returns a summary dict (also written to ``output_dir/results.json``)."""
+    import timm
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from timm.data import resolve_data_config
+    from tqdm.auto import tqdm
+
+    import relzoo  # noqa: F401  (registers relzoo models with timm)
+
+    from ..data import TransformedImageDataset, build_transform, class_names, load_image_dataset
+    from ..hub import save_hub_folder
+
+    args.validate()
+    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                              step_scheduler_with_optimizer=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != world:
+        raise RuntimeError(f"launched as {world} processes but Accelerate runs {accelerator.num_processes}: on CPU use "
+                           "`accelerate launch --multi_gpu --num_processes N ...` (the script passes cpu=True)")
+    set_seed(args.seed)
+    out_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
+
+    train_hf = _subset(load_image_dataset(args.dataset, args.train_split), args.train_samples, args.seed)
+    eval_hf = _subset(load_image_dataset(args.dataset, args.eval_split), args.eval_samples, args.seed)
+    names = class_names(train_hf)
+    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=len(names), in_chans=args.in_chans,
+                              **json.loads(args.model_kwargs))
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    data_cfg = resolve_data_config(model=model)
+    mean, std = data_cfg["mean"], data_cfg["std"]
+    if args.in_chans == 1 and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    train_ds = TransformedImageDataset(
+        train_hf, build_transform(args.image_size, True, mean, std, hflip=args.hflip, scale=(args.crop_scale_min, 1.0)),
+        args.in_chans, seed=args.seed)
+    eval_ds = TransformedImageDataset(eval_hf, build_transform(args.image_size, False, mean, std, crop_pct=args.crop_pct),
+                                      args.in_chans)
+    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                           num_workers=args.num_workers)
+    eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    lr = args.lr if args.lr is not None else 0.1 * args.batch_size * accelerator.num_processes / 256
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    steps_per_epoch = len(train_dl)
+    if steps_per_epoch == 0:
+        raise ValueError(f"`batch_size` {args.batch_size} x {accelerator.num_processes} processes is larger than the "
+                         f"training set ({len(train_ds)} samples)")
+    total_steps = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(args.schedule, steps_per_epoch, args.epochs, total_steps))
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    if args.resume:
+        ckpt = latest_checkpoint(ckpt_dir)
+        if ckpt is None:
+            accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting from scratch")
+        else:
+            accelerator.load_state(str(ckpt))
+            accelerator.print(f"resumed from {ckpt} at step {state.step}")
+    accelerator.print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
+                      f"{len(train_ds)} train / {len(eval_ds)} eval samples | {accelerator.num_processes} process(es) "
+                      f"({accelerator.distributed_type}) | {steps_per_epoch} steps/epoch, {total_steps} steps")
+
+    start, last_loss = time.time(), float("nan")
+    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    interrupted = False
+    while state.step < total_steps and not interrupted:
+        epoch, skip = divmod(state.step, steps_per_epoch)
+        train_dl.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        model.train()
+        for batch in loader:
+            with accelerator.autocast():
+                logits = model(batch["pixel_values"])
+            loss = smoothed_cross_entropy(logits, batch["labels"], args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            bar.update(1)
+            if state.step % args.log_every == 0 or state.step == total_steps:
+                last_loss = accelerator.gather(loss.detach()[None]).mean().item()
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}", epoch=epoch)
+            if args.checkpoint_every and state.step % args.checkpoint_every == 0:
+                _save_checkpoint(accelerator, ckpt_dir, state.step, args.keep_checkpoints)
+            if args.stop_after_steps is not None and state.step >= args.stop_after_steps:
+                interrupted = True
+                break
+            if state.step >= total_steps:
+                break
+    bar.close()
+    train_time = time.time() - start
+    summary = {"model": args.model, "dataset": args.dataset, "steps": state.step, "train_time_s": round(train_time, 1),
+               "num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
+               "last_train_loss": last_loss}
+    if interrupted:
+        summary["interrupted"] = True
+        return summary
+    metrics = evaluate(model, eval_dl, accelerator)
+    summary.update(metrics)
+    accelerator.print(f"eval on {metrics['eval_samples']} {args.eval_split} images: top-1 {metrics['top1']:.4f} "
+                      f"top-5 {metrics['top5']:.4f} loss {metrics['eval_loss']:.4f} ({train_time:.0f} s training)")
+    if accelerator.is_main_process:
+        if args.save_model:
+            dataset_name = args.dataset if "/" not in args.dataset else Path(args.dataset).name
+            folder = save_hub_folder(
+                accelerator.unwrap_model(model), out_dir / "model", class_names=names, image_size=args.image_size,
+                crop_pct=args.crop_pct, mean=mean, std=std, model_id=f"{args.model}-{dataset_name}",
+                dataset=dataset_name, metrics={k: metrics[k] for k in ("top1", "top5")},
+                training=dataclasses.asdict(args))
+            summary["model_dir"] = str(folder)
+            accelerator.print(f"Hub-ready model folder: {folder}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / ".results.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out_dir / "results.json")
+    accelerator.wait_for_everyone()
+    return summary
