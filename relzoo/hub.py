@@ -127,11 +127,15 @@ def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir
     state = checkpoint_filter_fn(raw)
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
     model = SAN(num_classes=num_classes, **SAN_VARIANTS[variant])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {checkpoint} does not match {variant}: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        raise ValueError(f"checkpoint {checkpoint} does not match {variant}: {len(missing)} missing (e.g. "
+                         f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(mismatched)} "
+                         f"with other shapes (e.g. {mismatched[:3]})")
+    model.load_state_dict(state, strict=True)
     return save_hub_folder(model, output_dir, class_names=[str(i) for i in range(num_classes)], image_size=224,
                            crop_pct=0.875, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
                            model_id=f"relzoo/{variant}.in1k",

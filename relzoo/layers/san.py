@@ -499,10 +499,11 @@ class SelfAttention2d(nn.Module):
         x1t, x2t = x1.transpose(0, 1).contiguous(), x2.transpose(0, 1).contiguous()
         centre = torch.addcmul(shift[:c, None, None, None], x1t, scale[:c, None, None, None]).relu_()
         out = torch.mm(weight[:, :c], centre.view(c, n * h * w))
+        w_fp = w_fp.to(out.dtype)  # under autocast `out` is bf16 and in-place ops are not cast for us
         x2_pad = _pad(x2t, footprint_padding(self.kernel_size), self.pad_mode)
         for j, (dh, dw) in enumerate(_taps(self.kernel_size, 1)):
             tap = torch.addcmul(b_fp[:, j, None], _window(x2_pad, dh, dw, (h, w), 1), s_fp[:, j, None]).relu_()
-            out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w))
+            out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w).to(out.dtype))
         return out.view(-1, n, h * w).transpose(0, 1)
         return out
 

@@ -76,13 +76,15 @@ class SANBlock(nn.Module):
 
 
 class MaxPool2x2(nn.Module):
-    """2x2 max-pool with stride 2 (floor mode) as two element-wise maxima over strided views.
+    """``nn.MaxPool2d(2, 2)``; without autograd it runs as two element-wise maxima over strided views.
 
-    Same values as ``nn.MaxPool2d(2, 2)`` and several times faster on CPU for NCHW maps. At exact ties the gradient
-    is shared between the tied inputs instead of going to one of them.
+    Same values either way. The strided form is about 6x faster on CPU for NCHW maps in inference, but its
+    backward (ties, masks) is slower than max-pool's, so training uses ``F.max_pool2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return nn.functional.max_pool2d(x, 2, 2)
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
         rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
         return torch.maximum(rows[..., 0::2], rows[..., 1::2])

@@ -1,0 +1,98 @@
+"""Built-in datasets, folders and seeded transforms."""
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from relzoo.data import (FASHION_MNIST_CLASSES, TransformedImageDataset, build_transform, class_names, load_digits,
+                         load_fashion_mnist, load_image_dataset, read_idx)
+
+
+def _write_idx(path, array: np.ndarray, gz=True):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+@pytest.fixture
+def fake_fashion(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, stem, n in (("train", "train", 12), ("test", "t10k", 5)):
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return tmp_path
+
+
+def test_read_idx_round_trip(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a.gz", arr)
+    _write_idx(tmp_path / "b", arr, gz=False)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), arr) and np.array_equal(read_idx(tmp_path / "b"), arr)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+
+
+def test_fashion_mnist_from_idx_folder(fake_fashion):
+    ds = load_fashion_mnist("train", data_dir=fake_fashion)
+    assert len(ds) == 12 and ds.column_names == ["image", "label"]
+    assert class_names(ds) == FASHION_MNIST_CLASSES
+    assert ds[3]["label"] == 3 and ds[3]["image"].size == (28, 28)
+    assert len(load_fashion_mnist("test", data_dir=fake_fashion)) == 5
+    with pytest.raises(ValueError, match="`split`"):
+        load_fashion_mnist("validation", data_dir=fake_fashion)
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("relzoo.data.builtin.FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
+    monkeypatch.delenv("RELZOO_FASHION_MNIST_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        load_fashion_mnist("train")
+
+
+def test_digits_split_is_deterministic_and_stratified():
+    train, test = load_digits("train"), load_digits("test")
+    assert len(train) + len(test) == 1797 and len(test) == 360
+    assert class_names(train) == [str(i) for i in range(10)]
+    assert np.bincount(test["label"]).min() >= 35
+    assert load_digits("test")[0]["label"] == test[0]["label"]
+    img = np.asarray(train[0]["image"])
+    assert img.shape == (8, 8) and img.dtype == np.uint8 and img.max() > 100
+
+
+def test_imagefolder_and_saved_dataset(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "folder" / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (10, 12), (i * 50, 0, 0)).save(d / f"{i}.png")
+    ds = load_image_dataset(str(tmp_path / "folder"), "train")
+    assert len(ds) == 4 and class_names(ds) == ["cat", "dog"]
+    ds.save_to_disk(str(tmp_path / "saved"))
+    again = load_image_dataset(str(tmp_path / "saved"), "train")
+    assert len(again) == 4 and class_names(again) == ["cat", "dog"]
+    with pytest.raises(ValueError, match="split 'val' not in"):
+        load_image_dataset(str(tmp_path / "folder"), "val")
+    with pytest.raises(ValueError, match="`dataset` must be one of"):
+        load_image_dataset("no_such_dataset")
+
+
+def test_seeded_transforms_are_reproducible_per_sample_and_epoch():
+    ds = load_digits("test").select(range(4))
+    tds = TransformedImageDataset(ds, build_transform(32, train=True), in_chans=3, seed=7)
+    a, b = tds[2]["pixel_values"], tds[2]["pixel_values"]
+    assert a.shape == (3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(tds[1]["pixel_values"], tds[2]["pixel_values"])
+    tds.set_epoch(1)
+    assert not torch.equal(tds[2]["pixel_values"], a)
+    grey = TransformedImageDataset(ds, build_transform(16, train=False, mean=(0.5,), std=(0.5,)), in_chans=1)
+    item = grey[0]
+    assert item["pixel_values"].shape == (1, 16, 16) and item["labels"] == ds[0]["label"]
+    with pytest.raises(ValueError, match="`in_chans`"):
+        TransformedImageDataset(ds, build_transform(16, train=False), in_chans=2)
+    with pytest.raises(ValueError, match="`crop_pct`"):
+        build_transform(16, train=False, crop_pct=1.5)

@@ -1,0 +1,295 @@
+"""SAN models: official parameter counts and key layout, timm conventions, transformers integration."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import group_parameters
+
+import relzoo
+from relzoo import SANConfig, SANForImageClassification, SANModel
+from relzoo.models.san import SAN_VARIANTS, checkpoint_filter_fn, min_input_size, official_to_timm_key
+
+OFFICIAL = {  # params at 1000 classes, state_dict entries (brief 1.6 / 1.7)
+    "san10_pair": (10_531_848, 368), "san10_patch": (11_841_124, 348), "san15_pair": (14_065_436, 533),
+    "san15_patch": (16_181_310, 503), "san19_pair": (17_596_156, 665), "san19_patch": (20_518_470, 627),
+}
+TINY = dict(widths=[32, 32, 64, 64, 128], stem_width=32, layers=[1, 1, 1, 1, 1])  # fast stand-in for tests
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL))
+def test_parameter_counts_and_key_counts_equal_official(variant):
+    model = timm.create_model(variant)
+    params, entries = OFFICIAL[variant]
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert len(model.state_dict()) == entries
+
+
+def test_registry_and_pretrained_cfg():
+    assert sorted(timm.list_models("san*")) == sorted(OFFICIAL)
+    cfg = timm.create_model("san10_patch").pretrained_cfg
+    assert cfg["hf_hub_id"] == "relzoo/san10_patch.in1k"
+    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
+    assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406) and cfg["first_conv"] == "stem.conv"
+    assert cfg["classifier"] == "fc"
+
+
+def test_block_key_shapes_follow_official_layout():
+    pair = timm.create_model("san10_pair").state_dict()
+    patch = timm.create_model("san10_patch").state_dict()
+    b = "stages.1.blocks.0."
+    assert pair[b + "sam.conv_w.0.weight"].shape == (18,)
+    assert pair[b + "sam.conv_w.2.weight"].shape == (16, 18, 1, 1)
+    assert pair[b + "sam.conv_w.5.weight"].shape == (8, 16, 1, 1)
+    assert pair[b + "sam.conv_p.weight"].shape == (2, 2, 1, 1)
+    assert patch[b + "sam.conv_w.0.weight"].shape == (800,)
+    assert patch[b + "sam.conv_w.2.weight"].shape == (8, 800, 1, 1)
+    assert patch[b + "sam.conv_w.5.weight"].shape == (392, 8, 1, 1)
+    assert b + "sam.conv_p.weight" not in patch
+    assert patch[b + "conv.weight"].shape == (256, 64, 1, 1) and patch["stages.4.conv.weight"].shape == (2048, 1024, 1, 1)
+
+
+def test_official_key_renaming():
+    assert official_to_timm_key("module.conv_in.weight") == "stem.conv.weight"
+    assert official_to_timm_key("module.bn_in.running_var") == "stem.bn.running_var"
+    assert official_to_timm_key("module.conv3.weight") == "stages.3.conv.weight"
+    assert official_to_timm_key("module.bn4.bias") == "stages.4.norm.bias"
+    assert official_to_timm_key("module.layer2.1.sam.conv_w.5.bias") == "stages.2.blocks.1.sam.conv_w.5.bias"
+    assert official_to_timm_key("module.fc.weight") == "fc.weight"
+
+
+def test_timm_conventions():
+    model = timm.create_model("san10_patch", num_classes=7, **TINY).eval()
+    x = torch.randn(2, 3, 128, 128)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 128, 4, 4)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 128)
+    assert model(x).shape == (2, 7)
+    assert model.get_classifier().out_features == 7 and model.get_classifier(name_only=True) == "fc"
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 128)
+    groups = group_parameters(model, model.group_matcher())
+    assert len(groups) >= 6 and len(group_parameters(model, model.group_matcher(coarse=True))) == 6
+    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8, 16, 32]
+
+
+def test_features_only_over_five_stages():
+    model = timm.create_model("san10_pair", features_only=True, **TINY)
+    outs = model(torch.randn(1, 3, 128, 128))
+    assert [o.shape[1:] for o in outs] == [(32, 64, 64), (32, 32, 32), (64, 16, 16), (64, 8, 8), (128, 4, 4)]
+    assert model.feature_info.channels() == [32, 32, 64, 64, 128]
+    assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
+    sub = timm.create_model("san10_pair", features_only=True, out_indices=(2, 4), **TINY)
+    assert len(sub(torch.randn(1, 3, 128, 128))) == 2
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    x = torch.randn(2, 3, 128, 128)
+    torch.manual_seed(0)
+    a = timm.create_model("san10_patch", num_classes=4, **TINY)
+    torch.manual_seed(0)
+    b = timm.create_model("san10_patch", num_classes=4, **TINY)
+    b.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in b.stages)
+    a(x).sum().backward()
+    b(x).sum().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+@pytest.mark.parametrize("training", [True, False])
+def test_model_fast_equals_reference_fp64(variant, training):
+    torch.manual_seed(0)
+    fast = timm.create_model(variant, num_classes=5, **TINY).double()
+    for m in fast.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    ref = timm.create_model(variant, num_classes=5, implementation="reference", **TINY).double()
+    ref.load_state_dict(fast.state_dict())
+    fast.train(training)
+    ref.train(training)
+    x = torch.randn(2, 3, 128, 136, dtype=torch.float64)
+    y, y2 = fast(x), ref(x)
+    torch.testing.assert_close(y, y2, rtol=0, atol=1e-9)
+    y.sum().backward()
+    y2.sum().backward()
+    for (name, p), p2 in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p2.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_bad_input_errors_name_the_problem():
+    model = timm.create_model("san10_patch", num_classes=3, **TINY).eval()
+    with pytest.raises(ValueError, match="must have 3 channels"):
+        model(torch.randn(1, 1, 128, 128))
+    with pytest.raises(ValueError, match="must be 4D"):
+        model(torch.randn(3, 128, 128))
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="at least 128"):
+        model(torch.randn(1, 3, 127, 200))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model([[1.0]])
+    assert min_input_size([3, 7, 7, 7, 7]) == 128 and min_input_size([3, 7, 7, 7, 3]) == 64
+    assert min_input_size([3, 7, 7, 7, 7], "zeros") == 32
+    grey = timm.create_model("san10_patch", in_chans=1, num_classes=3, **TINY).eval()
+    assert grey(torch.randn(1, 1, 128, 128)).shape == (1, 3)
+
+
+def test_pretrained_without_weights_fails_fast_with_instructions():
+    with pytest.raises(RuntimeError, match="convert_san.py"):
+        timm.create_model("san10_patch", pretrained=True)
+
+
+def test_pretrained_from_local_file_and_head_adaptation(tmp_path):
+    src = timm.create_model("san10_pair", **TINY)
+    save_file(src.state_dict(), tmp_path / "w.safetensors")
+    same = timm.create_model("san10_pair", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")),
+                             **TINY)
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, same.state_dict()[k]), k
+    other = timm.create_model("san10_pair", pretrained=True, num_classes=4,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")), **TINY)
+    assert other.fc.out_features == 4
+    assert torch.equal(other.stem.conv.weight, src.stem.conv.weight)
+
+
+def test_config_validation_and_serialisation():
+    cfg = SANConfig.from_variant("san15_pair", num_labels=4)
+    assert cfg.layers == [3, 2, 3, 5, 2] and cfg.sa_type == "pairwise" and cfg.num_labels == 4
+    again = SANConfig.from_dict(json.loads(cfg.to_json_string()))
+    assert again.to_timm_kwargs() == cfg.to_timm_kwargs()
+    with pytest.raises(ValueError, match="`sa_type`"):
+        SANConfig(sa_type="global")
+    with pytest.raises(ValueError, match="`relation`"):
+        SANConfig(sa_type="patchwise", relation="subtraction")
+    with pytest.raises(ValueError, match="same length"):
+        SANConfig(layers=[1, 1], kernels=[3, 7, 7, 7, 7])
+    with pytest.raises(ValueError, match="`variant`"):
+        SANConfig.from_variant("san11_pair")
+
+
+def test_transformers_round_trip_and_auto_classes(tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    timm_model = timm.create_model("san10_patch", num_classes=3, **TINY).eval()
+    hf = SANForImageClassification.from_timm(timm_model, id2label={0: "a", 1: "b", 2: "c"},
+                                             label2id={"a": 0, "b": 1, "c": 2}).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(hf(x).logits, timm_model(x))
+    hf.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "san"
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, SANForImageClassification) and loaded.config.id2label[2] == "c"
+    for k, v in hf.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, hf(x).logits)
+        back = loaded.to_timm().eval()
+        assert torch.equal(back(x), timm_model(x))
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, SANModel)
+    with torch.no_grad():
+        out = base(x, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 128, 4, 4) and out.pooler_output.shape == (2, 128)
+    assert len(out.hidden_states) == 6
+
+
+def test_transformers_loss_tuple_and_checkpointing():
+    torch.manual_seed(0)
+    model = SANForImageClassification(SANConfig(num_labels=3, **TINY))
+    x, labels = torch.randn(2, 3, 128, 128), torch.tensor([0, 2])
+    out = model(x, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    assert model(x).loss is None
+    tup = model(x, labels=labels, return_dict=False)
+    assert isinstance(tup, tuple) and tup[0].ndim == 0
+    model.gradient_checkpointing_enable()
+    model.train()
+    model(x, labels=labels).loss.backward()
+    assert model.san.stem.conv.weight.grad is not None
+
+
+def test_image_classification_pipeline(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    model = SANForImageClassification(SANConfig(num_labels=2, id2label={0: "cat", 1: "dog"},
+                                                label2id={"cat": 0, "dog": 1}, **TINY))
+    model.save_pretrained(tmp_path)
+    relzoo.san_image_processor(128, 1.0).save_pretrained(tmp_path)
+    classify = pipeline("image-classification", model=str(tmp_path))
+    preds = classify(Image.fromarray((np.random.default_rng(0).random((90, 150, 3)) * 255).astype("uint8")))
+    assert {p["label"] for p in preds} == {"cat", "dog"}
+    assert abs(sum(p["score"] for p in preds) - 1) < 1e-4
+
+
+def _official_state_dict(timm_state: dict) -> dict:
+    """The inverse renaming, written independently of relzoo's rules: relzoo timm keys -> official `module.` keys."""
+    out = {}
+    for k, v in timm_state.items():
+        parts = k.split(".")
+        if parts[0] == "stem":
+            name = {"conv": "conv_in", "bn": "bn_in"}[parts[1]] + "." + ".".join(parts[2:])
+        elif parts[0] == "stages" and parts[2] == "blocks":
+            name = f"layer{parts[1]}." + ".".join(parts[3:])
+        elif parts[0] == "stages":
+            name = {"conv": f"conv{parts[1]}", "norm": f"bn{parts[1]}"}[parts[2]] + "." + ".".join(parts[3:])
+        else:
+            name = k
+        out["module." + name] = v
+    return out
+
+
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+def test_convert_official_checkpoint(tmp_path, variant):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    src = timm.create_model(variant).eval()
+    official = _official_state_dict(src.state_dict())
+    assert len(official) == OFFICIAL[variant][1]
+    assert "module.layer1.0.sam.conv_w.5.weight" in official and "module.conv_in.weight" in official
+    ckpt = tmp_path / "model_best.pth"
+    torch.save({"epoch": 100, "state_dict": official, "top1_val": 0.77}, ckpt)
+    out = tmp_path / "converted"
+    subprocess.run([sys.executable, "scripts/convert_san.py", "--variant", variant, "--checkpoint", str(ckpt),
+                    "--output", str(out)], check=True, capture_output=True)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json",
+                                               "README.md"}
+    hf = SANForImageClassification.from_pretrained(out).eval()
+    for k, v in src.state_dict().items():
+        hf_key = "classifier." + k[3:] if k.startswith("fc.") else "san." + k
+        assert torch.equal(hf.state_dict()[hf_key], v), k
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, src(x))  # fp32; weights are compared bit-exactly below
+    # the timm loader reads the same folder through checkpoint_filter_fn
+    again = timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")))
+    assert torch.equal(again.state_dict()["stages.2.blocks.1.sam.conv_w.2.weight"],
+                       src.state_dict()["stages.2.blocks.1.sam.conv_w.2.weight"])
+    assert checkpoint_filter_fn({"state_dict": official}).keys() == src.state_dict().keys()
+
+
+def test_convert_rejects_wrong_variant(tmp_path):
+    from relzoo.hub import convert_official_san
+
+    src = timm.create_model("san10_pair", num_classes=10)
+    ckpt = tmp_path / "c.pth"
+    torch.save({"state_dict": _official_state_dict(src.state_dict())}, ckpt)
+    with pytest.raises(ValueError, match="does not match san10_patch"):
+        convert_official_san(ckpt, "san10_patch", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_variants_table_is_consistent():
+    assert set(SAN_VARIANTS) == set(OFFICIAL)
