@@ -43,13 +43,13 @@ def atomic_folder(path: str | os.PathLike):
 
 def _card_text(*, model_id: str, architecture: str, description: str, usage: str, dataset: str | None,
                metrics: dict | None, training: dict | None, paper: str | None, library_name: str, tags: list[str],
-               base_model: str | None) -> ModelCard:
+               base_model: str | None, license: str) -> ModelCard:
     eval_results = None
     if metrics and dataset:
         eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=dataset,
                                    metric_type=name, metric_value=float(value), dataset_split="test")
                         for name, value in metrics.items() if name in ("top1", "top5")]
-    data = ModelCardData(library_name=library_name, license="apache-2.0", tags=tags, pipeline_tag="image-classification",
+    data = ModelCardData(library_name=library_name, license=license, tags=tags, pipeline_tag="image-classification",
                          datasets=[dataset] if dataset else None, metrics=["accuracy"], model_name=model_id,
                          eval_results=eval_results, base_model=base_model)
     lines = [f"# {model_id}", "", description, "", "## How to use", "", usage, ""]
@@ -70,7 +70,7 @@ SAN_PAPER = "Zhao, Jia and Koltun, *Exploring Self-attention for Image Recogniti
 
 def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_names: list[str], image_size: int,
                     crop_pct: float, mean, std, model_id: str | None = None, dataset: str | None = None,
-                    metrics: dict | None = None, training: dict | None = None) -> Path:
+                    metrics: dict | None = None, training: dict | None = None, license: str = "apache-2.0") -> Path:
     """Write ``model`` (a timm model, relzoo's or any other) as a Hub-ready folder, atomically.
 
     relzoo SAN models are saved as transformers ``SANForImageClassification`` (``config.json`` with
@@ -108,6 +108,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             usage = (f"```python\nimport timm\nmodel = timm.create_model('hf-hub:{model_id}', pretrained=True)\n```")
         card = _card_text(model_id=model_id, architecture=arch, usage=usage, dataset=dataset, metrics=metrics,
                           training=training, paper=paper, library_name=library, tags=tags, base_model=None,
+                          license=license,
                           description=f"`{arch}` image classifier" + (f" trained on {dataset}." if dataset else "."))
         card.save(tmp / "README.md")
     return Path(folder)
@@ -139,5 +140,5 @@ def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir
     return save_hub_folder(model, output_dir, class_names=[str(i) for i in range(num_classes)], image_size=224,
                            crop_pct=0.875, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
                            model_id=f"relzoo/{variant}.in1k",
-                           dataset="imagenet-1k",
+                           dataset="imagenet-1k", license="mit",  # the official SAN release is MIT-licensed
                            training={"source": "official SAN checkpoint", "checkpoint": Path(checkpoint).name})

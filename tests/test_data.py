@@ -7,8 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from relzoo.data import (FASHION_MNIST_CLASSES, TransformedImageDataset, build_transform, class_names, load_digits,
-                         load_fashion_mnist, load_image_dataset, read_idx)
+from relzoo.data import (
+    FASHION_MNIST_CLASSES,
+    TransformedImageDataset,
+    build_transform,
+    class_names,
+    load_digits,
+    load_fashion_mnist,
+    load_image_dataset,
+    read_idx,
+)
 
 
 def _write_idx(path, array: np.ndarray, gz=True):
@@ -20,7 +28,7 @@ def _write_idx(path, array: np.ndarray, gz=True):
 @pytest.fixture
 def fake_fashion(tmp_path):
     rng = np.random.default_rng(0)
-    for split, stem, n in (("train", "train", 12), ("test", "t10k", 5)):
+    for stem, n in (("train", 12), ("t10k", 5)):
         _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     return tmp_path

@@ -4,9 +4,19 @@ import itertools
 import pytest
 import torch
 
-from relzoo.layers.san import (PAIRWISE_RELATIONS, PATCHWISE_RELATIONS, SelfAttention2d, aggregation,
-                               aggregation_reference, conv1x1, output_size, subtraction, subtraction2,
-                               subtraction2_reference, subtraction_reference)
+from relzoo.layers.san import (
+    PAIRWISE_RELATIONS,
+    PATCHWISE_RELATIONS,
+    SelfAttention2d,
+    aggregation,
+    aggregation_reference,
+    conv1x1,
+    output_size,
+    subtraction,
+    subtraction2,
+    subtraction2_reference,
+    subtraction_reference,
+)
 
 GEOMETRIES = [  # (kernel_size, stride, dilation, pad_mode)
     (3, 1, 1, "reflect"), (7, 1, 1, "reflect"), (5, 4, 2, "reflect"), (3, 2, 1, "zeros"), (5, 1, 2, "zeros"),

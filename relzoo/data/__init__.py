@@ -1,6 +1,13 @@
 """Datasets and transforms: built-in data as Hugging Face ``datasets`` objects, plus folders."""
-from .builtin import (BUILTIN_DATASETS, FASHION_MNIST_CLASSES, class_names, load_digits, load_fashion_mnist,
-                      load_image_dataset, read_idx)
+from .builtin import (
+                      BUILTIN_DATASETS,
+                      FASHION_MNIST_CLASSES,
+                      class_names,
+                      load_digits,
+                      load_fashion_mnist,
+                      load_image_dataset,
+                      read_idx,
+)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformedImageDataset, build_transform
 
 __all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",

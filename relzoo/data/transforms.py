@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

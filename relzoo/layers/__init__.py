@@ -1,7 +1,18 @@
 """Relation operators: plain torch, importable without timm or transformers."""
-from .san import (PAIRWISE_RELATIONS, PATCHWISE_RELATIONS, Conv1x1, SelfAttention2d, aggregation,
-                  aggregation_reference, conv1x1, subtraction, subtraction2, subtraction2_reference,
-                  subtraction_reference, unfold_footprint)
+from .san import (
+                  PAIRWISE_RELATIONS,
+                  PATCHWISE_RELATIONS,
+                  Conv1x1,
+                  SelfAttention2d,
+                  aggregation,
+                  aggregation_reference,
+                  conv1x1,
+                  subtraction,
+                  subtraction2,
+                  subtraction2_reference,
+                  subtraction_reference,
+                  unfold_footprint,
+)
 
 __all__ = ["PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "Conv1x1", "SelfAttention2d", "aggregation",
            "aggregation_reference", "conv1x1", "subtraction", "subtraction2", "subtraction2_reference",

@@ -27,8 +27,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from einops import rearrange
+from torch import nn
 
 PadMode = Literal["reflect", "zeros"]
 _PAD_MODES = ("reflect", "zeros")

@@ -19,21 +19,27 @@ head ``classifier`` instead of ``fc``. ``checkpoint_filter_fn`` accepts all thre
 """
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from transformers.utils.generic import can_return_tuple
 
-from ..layers.san import (IMPLEMENTATIONS, OFFICIAL_RELATIONS, PAIRWISE_RELATIONS, PATCHWISE_RELATIONS,
-                          Conv1x1, SelfAttention2d, conv1x1, footprint_padding)
+from ..layers.san import (
+    IMPLEMENTATIONS,
+    OFFICIAL_RELATIONS,
+    PAIRWISE_RELATIONS,
+    PATCHWISE_RELATIONS,
+    Conv1x1,
+    SelfAttention2d,
+    conv1x1,
+    footprint_padding,
+)
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -290,7 +296,7 @@ def _cfg(variant: str, **kwargs) -> dict:
         "min_input_size": (3, 128, 128), "pool_size": (7, 7), "crop_pct": 0.875, "interpolation": "bilinear",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.conv", "classifier": "fc",
         "paper_ids": "arXiv:2004.13621", "paper_name": "Exploring Self-attention for Image Recognition",
-        "origin_url": "https://github.com/hszhao/SAN", **kwargs,
+        "origin_url": "https://github.com/hszhao/SAN", "license": "mit", **kwargs,
     }
 
 

@@ -1,0 +1,45 @@
+# Two commands for a fresh machine (Debian, Python 3.11, root, no GPU, no Hub access):
+#   make demo   - creates .venv, installs relzoo, trains a SAN on Fashion-MNIST (< 5 min on 2 cores)
+#   make test   - creates .venv, installs relzoo[dev], runs ruff and the whole test suite (slow tests included)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: install demo test test-fast lint bench fashion-mnist clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST comes from Debian's package `dataset-fashion-mnist` (idx files in /usr/share/datasets/fashion-mnist)
+fashion-mnist:
+	@if [ ! -f $(FASHION) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST missing: run 'apt-get install -y dataset-fashion-mnist' as root" >&2; exit 1; fi; \
+	fi
+
+demo: install fashion-mnist
+	$(PY) scripts/train_classifier.py --dataset fashion_mnist --output_dir outputs/demo
+
+lint: install
+	$(PY) -m ruff check relzoo scripts tests
+
+test: install lint
+	$(PY) -m pytest -q --durations=15
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) scripts/benchmark.py san
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""Hub-ready folders, model cards and the published-variant configs."""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+
+from relzoo import SANConfig
+from relzoo.hub import atomic_folder, save_hub_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_folder_replaces_or_leaves_nothing(tmp_path):
+    target = tmp_path / "out"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("crash half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp left, old content intact
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_folder(target) as tmp:
+        (tmp / "c.txt").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c.txt"]
+
+
+def test_san_folder_card(tmp_path):
+    model = timm.create_model("san10_pair", num_classes=2, widths=[32, 32, 64, 64, 128], stem_width=32,
+                              layers=[1, 1, 1, 1, 1])
+    folder = save_hub_folder(model, tmp_path / "m", class_names=["cat", "dog"], image_size=128, crop_pct=1.0,
+                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), model_id="me/san-cats", dataset="cats",
+                             metrics={"top1": 0.75, "top5": 1.0}, training={"steps": 3})
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and "san" in card.data.tags
+    assert card.data.eval_results[0].metric_value == 0.75 and card.data.datasets == ["cats"]
+    assert "import relzoo" in card.text and "Zhao, Jia and Koltun" in card.text and '"steps": 3' in card.text
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    assert pre["size"] == {"shortest_edge": 128} and pre["crop_pct"] == 1.0
+    assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "cat", "1": "dog"}
+
+
+def test_plain_timm_model_folder_loads_in_timm_and_transformers(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    folder = save_hub_folder(model, tmp_path / "r", class_names=["a", "b", "c"], image_size=64, crop_pct=0.9,
+                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dataset="toy")
+    assert "num_classes" not in json.loads((folder / "config.json").read_text()).get("model_args", {})
+    x = torch.randn(1, 3, 64, 64)
+    again = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    hf = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+        torch.testing.assert_close(hf(x).logits, model(x))
+    assert ModelCard.load(folder / "README.md").data.library_name == "timm"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "hub_configs").glob("san*.json")), ids=lambda p: p.name)
+def test_hub_configs_match_the_models(path):
+    spec = json.loads(path.read_text())
+    arch = spec["timm_architecture"]
+    model = timm.create_model(arch)
+    assert model.pretrained_cfg["hf_hub_id"] == spec["repo_id"]
+    assert sum(p.numel() for p in model.parameters()) == spec["card"]["params"]
+    cfg = SANConfig(**{k: v for k, v in spec["config"].items() if k != "model_type"})
+    from relzoo import SAN
+
+    built = SAN(num_classes=cfg.num_labels, **cfg.to_timm_kwargs())
+    assert sum(p.numel() for p in built.parameters()) == spec["card"]["params"]
+    assert model.arch_args["layers"] == spec["config"]["layers"] and model.arch_args["sa_type"] == spec["config"]["sa_type"]
+    assert 70 < spec["card"]["reported_top1"] < spec["card"]["reported_top5"] < 100
