@@ -169,15 +169,17 @@ def _randomise_bn(module):
             m.bias.data.uniform_(-0.5, 0.5)
 
 
-@pytest.mark.parametrize("sa_type,relation", [("pairwise", r) for r in PAIRWISE_RELATIONS]
-                         + [("patchwise", r) for r in PATCHWISE_RELATIONS])
+@pytest.mark.parametrize("sa_type,relation,pad_mode", [("pairwise", r, "reflect") for r in PAIRWISE_RELATIONS]
+                         + [("patchwise", r, "reflect") for r in PATCHWISE_RELATIONS]
+                         + [("pairwise", "subtraction", "zeros"), ("patchwise", "concatenation", "zeros")])
 @pytest.mark.parametrize("training", [True, False])
-def test_self_attention_fast_matches_reference(sa_type, relation, training):
+def test_self_attention_fast_matches_reference(sa_type, relation, pad_mode, training):
     torch.manual_seed(0)
     k = 3 if relation == "clique_product" else 5
-    fast = SelfAttention2d(sa_type, 32, 4, 16, 8, k, relation=relation).double()
+    fast = SelfAttention2d(sa_type, 32, 4, 16, 8, k, relation=relation, pad_mode=pad_mode).double()
     _randomise_bn(fast)
-    ref = SelfAttention2d(sa_type, 32, 4, 16, 8, k, relation=relation, implementation="reference").double()
+    ref = SelfAttention2d(sa_type, 32, 4, 16, 8, k, relation=relation, implementation="reference",
+                          pad_mode=pad_mode).double()
     ref.load_state_dict(fast.state_dict())
     fast.train(training)
     ref.train(training)

@@ -52,7 +52,7 @@ class ClassifierTrainingArguments:
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size per process"})
     epochs: int = field(default=1, metadata={"help": "epochs (the cosine schedule spans them)"})
     max_steps: int | None = field(default=120, metadata={
-        "help": "stop after this many optimizer steps (default keeps the demo under 5 minutes on 2 cores)"})
+        "help": "stop after this many optimizer steps; 0 or less: no cap (default keeps the demo under 5 minutes)"})
     lr: float | None = field(default=None, metadata={
         "help": "SGD learning rate; default: the official 0.1 per 256 images, scaled linearly to the global batch"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
@@ -265,7 +265,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         raise ValueError(f"`batch_size` {args.batch_size} x {accelerator.num_processes} processes is larger than the "
                          f"training set ({len(train_ds)} samples)")
     total_steps = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
+    if args.max_steps is not None and args.max_steps > 0:
         total_steps = min(total_steps, args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(args.schedule, steps_per_epoch, args.epochs, total_steps))
