@@ -48,7 +48,7 @@ def test_smoothed_cross_entropy_matches_the_official_definition():
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     full = train_classifier(_args(tmp_path / "full"))
-    assert full["steps"] == 6 and full["resumed_from_step"] is None
+    assert full["steps"] == 6 and full["resumed_from_step"] is None and full["replicas_in_sync"] is True
     part = train_classifier(_args(tmp_path / "split", stop_after_steps=4))
     assert part["interrupted"] and part["steps"] == 4
     ckpts = tmp_path / "split" / "checkpoints"
@@ -120,4 +120,5 @@ def test_two_real_processes(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["num_processes"] == 2 and res["distributed_type"] == "DistributedType.MULTI_CPU"
     assert res["steps"] == 3 and res["eval_samples"] == 20  # gather_for_metrics drops the padding duplicates
+    assert res["replicas_in_sync"] is True  # DDP weights and re-estimated BN statistics agree on both ranks
     assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()  # each rank's RNG saved

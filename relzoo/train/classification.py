@@ -206,12 +206,22 @@ def recalibrate_batchnorm(model, dataloader, num_batches: int, accelerator) -> N
     from accelerate.utils import reduce
 
     batches = [b["pixel_values"] for b in islice(dataloader, num_batches)]
+    net = accelerator.unwrap_model(model)  # not through DDP, which would broadcast rank 0's buffers each forward
     with accelerator.autocast():
-        torch.optim.swa_utils.update_bn(batches, model)
-    for module in model.modules():
+        torch.optim.swa_utils.update_bn(batches, net)
+    for module in net.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             module.running_mean.copy_(reduce(module.running_mean, reduction="mean"))
             module.running_var.copy_(reduce(module.running_var, reduction="mean"))
+
+
+def replicas_in_sync(model, accelerator) -> bool:
+    """Whether every process holds bit-identical parameters and buffers (a float64 checksum gathered from all)."""
+    net = accelerator.unwrap_model(model)
+    tensors = list(net.parameters()) + [b for b in net.buffers() if b.is_floating_point()]
+    local = torch.stack([t.detach().double().sum() for t in tensors] + [torch.zeros((), dtype=torch.float64)])
+    gathered = accelerator.gather(local.to(accelerator.device)[None]).view(accelerator.num_processes, -1)
+    return bool((gathered == gathered[0]).all().item())
 
 
 def train_classifier(args: ClassifierTrainingArguments) -> dict:
@@ -325,6 +335,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         recalibrate_batchnorm(model, train_dl, args.recalibrate_bn_batches, accelerator)
     metrics = evaluate(model, eval_dl, accelerator)
     summary.update(metrics)
+    summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
     accelerator.print(f"eval on {metrics['eval_samples']} {args.eval_split} images: top-1 {metrics['top1']:.4f} "
                       f"top-5 {metrics['top5']:.4f} loss {metrics['eval_loss']:.4f} ({train_time:.0f} s training)")
     if accelerator.is_main_process:
