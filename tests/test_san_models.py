@@ -86,6 +86,24 @@ def test_features_only_over_five_stages():
     assert len(sub(torch.randn(1, 3, 128, 128))) == 2
 
 
+def test_forward_intermediates_and_pruning():
+    model = timm.create_model("san10_patch", **TINY).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert [t.shape[1] for t in inter] == [32, 32, 64, 64, 128]
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [t.shape[-1] for t in last2] == [8, 4]
+        getter = timm.create_model("san10_patch", features_only=True, feature_cls="getter", out_indices=(1, 3), **TINY)
+        assert [t.shape[1] for t in getter(x)] == [32, 64]
+        kept = model.prune_intermediate_layers([0, 2])
+        assert kept == [0, 2] and len(model.stages) == 3 and model.num_features == 64
+        assert [t.shape[1] for t in model.forward_intermediates(x, [0, 2], intermediates_only=True)] == [32, 64]
+    with pytest.raises(ValueError, match="`output_fmt`"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
 def test_grad_checkpointing_gives_same_gradients():
     x = torch.randn(2, 3, 128, 128)
     torch.manual_seed(0)

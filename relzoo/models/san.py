@@ -25,6 +25,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
@@ -229,6 +230,35 @@ class SAN(nn.Module):
         self.num_classes = num_classes
         pool = global_pool if global_pool is not None else self.global_pool.pool_type
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Stage outputs (timm API). ``indices``: stage indices, or an int for the last n stages (default all 5).
+
+        Returns the list of ``(N, widths[i], H / 2**(i+1), W / 2**(i+1))`` maps, preceded by the final features
+        unless ``intermediates_only``. ``norm`` has no effect: every stage already ends in BN + ReLU.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"`output_fmt` must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages[: max_index + 1] if stop_early or intermediates_only else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last wanted one (and the head when it no longer fits); returns kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.reset_classifier(0, "")
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``."""
