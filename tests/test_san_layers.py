@@ -73,6 +73,18 @@ def _rand(*shape, grad=True):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=grad)
 
 
+def _assert_same_forward_backward(fast_fn, ref_fn, *inputs, atol=1e-12):
+    """fp64: equal outputs and equal gradients for every input under one random upstream gradient."""
+    copies = [t.detach().clone().requires_grad_() for t in inputs]
+    fast, ref = fast_fn(*inputs), ref_fn(*copies)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=atol)
+    g = torch.randn_like(fast)
+    fast.backward(g)
+    ref.backward(g)
+    for i, (t, c) in enumerate(zip(inputs, copies)):
+        torch.testing.assert_close(t.grad, c.grad, rtol=0, atol=atol, msg=f"gradient of input {i}")
+
+
 @pytest.mark.parametrize("k,s,d,pad_mode", [(3, 1, 1, "reflect"), (3, 2, 1, "zeros"), (5, 2, 2, "reflect")])
 def test_operators_match_literal_formula(k, s, d, pad_mode):
     torch.manual_seed(0)
@@ -103,30 +115,17 @@ def test_aggregation_fast_matches_reference_fp64(k, s, d, pad_mode):
     torch.manual_seed(k * 100 + s * 10 + d)
     h, w = 11, 9
     ho, wo = output_size(h, k, s, d), output_size(w, k, s, d)
-    x, weight = _rand(2, 8, h, w), _rand(2, 4, k * k, ho * wo)
-    x2, w2 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    fast = aggregation(x, weight, k, s, d, pad_mode)
-    ref = aggregation_reference(x2, w2, k, s, d, pad_mode)
-    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
-    g = torch.randn_like(fast)
-    fast.backward(g)
-    ref.backward(g)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(weight.grad, w2.grad, rtol=0, atol=1e-12)
+    _assert_same_forward_backward(lambda a, b: aggregation(a, b, k, s, d, pad_mode),
+                                  lambda a, b: aggregation_reference(a, b, k, s, d, pad_mode),
+                                  _rand(2, 8, h, w), _rand(2, 4, k * k, ho * wo))
 
 
 @pytest.mark.parametrize("k,s,d,pad_mode", GEOMETRIES)
 def test_subtraction_fast_matches_reference_fp64(k, s, d, pad_mode):
     torch.manual_seed(k + s + d)
-    a, b = _rand(2, 3, 10, 9), _rand(2, 3, 10, 9)
-    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
-    fast, ref = subtraction2(a, b, k, s, d, pad_mode), subtraction2_reference(a2, b2, k, s, d, pad_mode)
-    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
-    g = torch.randn_like(fast)
-    fast.backward(g)
-    ref.backward(g)
-    torch.testing.assert_close(a.grad, a2.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(b.grad, b2.grad, rtol=0, atol=1e-12)
+    _assert_same_forward_backward(lambda a, b: subtraction2(a, b, k, s, d, pad_mode),
+                                  lambda a, b: subtraction2_reference(a, b, k, s, d, pad_mode),
+                                  _rand(2, 3, 10, 9), _rand(2, 3, 10, 9))
     p = _rand(1, 2, 8, 7, grad=False)
     torch.testing.assert_close(subtraction(p, k, s, d, pad_mode), subtraction_reference(p, k, s, d, pad_mode))
 
