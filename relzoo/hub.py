@@ -43,7 +43,7 @@ def atomic_folder(path: str | os.PathLike):
 
 def _card_text(*, model_id: str, architecture: str, description: str, usage: str, dataset: str | None,
                metrics: dict | None, training: dict | None, paper: str | None, library_name: str, tags: list[str],
-               base_model: str | None, license: str) -> ModelCard:
+               license: str) -> ModelCard:
     eval_results = None
     if metrics and dataset:
         eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=dataset,
@@ -51,7 +51,7 @@ def _card_text(*, model_id: str, architecture: str, description: str, usage: str
                         for name, value in metrics.items() if name in ("top1", "top5")]
     data = ModelCardData(library_name=library_name, license=license, tags=tags, pipeline_tag="image-classification",
                          datasets=[dataset] if dataset else None, metrics=["accuracy"], model_name=model_id,
-                         eval_results=eval_results, base_model=base_model)
+                         eval_results=eval_results)
     lines = [f"# {model_id}", "", description, "", "## How to use", "", usage, ""]
     if metrics:
         lines += ["## Results", "", "| metric | value |", "|---|---|"]
@@ -75,11 +75,11 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
 
     relzoo SAN models are saved as transformers ``SANForImageClassification`` (``config.json`` with
     ``model_type: san``, ``model.safetensors``, ``preprocessor_config.json``); other timm models in timm's format,
-    fixed so that transformers' ``TimmWrapper`` loads them. Both get a ``README.md`` model card.
+    fixed so that transformers' ``TimmWrapper`` loads them. Both get a ``README.md`` model card. ``model`` itself is
+    left as it was (mode and ``pretrained_cfg``).
     """
     import timm.models
 
-    model = model.eval()
     id2label = dict(enumerate(class_names))
     label2id = {n: i for i, n in id2label.items()}
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
@@ -95,11 +95,15 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
                      "print(classify('image.png'))\n```\n\nOr `relzoo.SANForImageClassification.from_pretrained(...)`;"
                      " `.to_timm()` gives the timm module.")
         else:
-            cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-            cfg.update(input_size=(model.default_cfg.get("input_size", (3,))[0], image_size, image_size),
-                       crop_pct=crop_pct, mean=tuple(mean), std=tuple(std), label_names=class_names)
-            model.pretrained_cfg = cfg
-            timm.models.save_for_hf(model, tmp, safe_serialization=True)
+            original = getattr(model, "pretrained_cfg", None)
+            cfg = dict(original or {})
+            cfg.update(input_size=(cfg.get("input_size", (3,))[0], image_size, image_size), crop_pct=crop_pct,
+                       mean=tuple(mean), std=tuple(std), label_names=class_names)
+            model.pretrained_cfg = cfg  # save_for_hf reads the preprocessing from here
+            try:
+                timm.models.save_for_hf(model, tmp, safe_serialization=True)
+            finally:
+                model.pretrained_cfg = original
             config_path = tmp / "config.json"
             config = json.loads(config_path.read_text())
             config.get("model_args", {}).pop("num_classes", None)  # else TimmWrapper passes it twice (TypeError)
@@ -107,8 +111,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             library, tags, paper = "timm", ["image-classification", "timm", "relzoo"], None
             usage = (f"```python\nimport timm\nmodel = timm.create_model('hf-hub:{model_id}', pretrained=True)\n```")
         card = _card_text(model_id=model_id, architecture=arch, usage=usage, dataset=dataset, metrics=metrics,
-                          training=training, paper=paper, library_name=library, tags=tags, base_model=None,
-                          license=license,
+                          training=training, paper=paper, library_name=library, tags=tags, license=license,
                           description=f"`{arch}` image classifier" + (f" trained on {dataset}." if dataset else "."))
         card.save(tmp / "README.md")
     return Path(folder)

@@ -35,6 +35,7 @@ def test_san_folder_card(tmp_path):
     folder = save_hub_folder(model, tmp_path / "m", class_names=["cat", "dog"], image_size=128, crop_pct=1.0,
                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), model_id="me/san-cats", dataset="cats",
                              metrics={"top1": 0.75, "top5": 1.0}, training={"steps": 3})
+    assert model.training  # saving does not switch the caller's model to eval mode
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "transformers" and "san" in card.data.tags
     assert card.data.eval_results[0].metric_value == 0.75 and card.data.datasets == ["cats"]
@@ -48,8 +49,11 @@ def test_plain_timm_model_folder_loads_in_timm_and_transformers(tmp_path):
     from transformers import AutoModelForImageClassification
 
     model = timm.create_model("resnet10t", num_classes=3).eval()
+    cfg_before = dict(model.pretrained_cfg)
     folder = save_hub_folder(model, tmp_path / "r", class_names=["a", "b", "c"], image_size=64, crop_pct=0.9,
                              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dataset="toy")
+    assert model.pretrained_cfg == cfg_before  # the caller's model is not modified
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 64, 64]
     assert "num_classes" not in json.loads((folder / "config.json").read_text()).get("model_args", {})
     x = torch.randn(1, 3, 64, 64)
     again = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()

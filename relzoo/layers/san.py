@@ -294,7 +294,7 @@ def subtraction2(
     """``out[n, c, j, l] = a[n, c, centre(l)] - b~[n, c, nbr(l, j)]``, fast path.
 
     Args:
-        a, b: ``(N, C, H, W)`` of the same shape and dtype.
+        a, b: ``(N, C, H, W)`` of the same shape (mixed float dtypes are promoted).
 
     Returns:
         ``(N, C, K, L)`` with ``K = kernel_size**2`` and ``L = H_out * W_out``.
@@ -359,6 +359,15 @@ class Conv1x1(nn.Conv2d):
         return conv1x1(x, self.weight, self.bias)
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel, or ``None`` while ``bn`` normalises with
+    batch statistics (training, or no running statistics) and so is not an affine map."""
+    if bn.training or bn.running_var is None:
+        return None
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the self-attention module (SAM)
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,6 +375,20 @@ PAIRWISE_RELATIONS = ("subtraction", "summation", "concatenation", "hadamard", "
 PATCHWISE_RELATIONS = ("concatenation", "star_product", "clique_product")
 OFFICIAL_RELATIONS = {"pairwise": "subtraction", "patchwise": "concatenation"}
 IMPLEMENTATIONS = ("fast", "reference")
+
+
+def check_attention_args(sa_type: str, relation: str | None, implementation: str, pad_mode: str) -> str:
+    """Validate the self-attention choices; returns the relation (``None`` -> the released one)."""
+    if sa_type not in OFFICIAL_RELATIONS:
+        raise ValueError(f"`sa_type` must be one of {tuple(OFFICIAL_RELATIONS)}, got {sa_type!r}")
+    allowed = PAIRWISE_RELATIONS if sa_type == "pairwise" else PATCHWISE_RELATIONS
+    if relation is not None and relation not in allowed:
+        raise ValueError(f"`relation` for sa_type={sa_type!r} must be one of {allowed} or None, got {relation!r}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if pad_mode not in _PAD_MODES:
+        raise ValueError(f"`pad_mode` must be one of {_PAD_MODES}, got {pad_mode!r}")
+    return relation or OFFICIAL_RELATIONS[sa_type]
 
 
 def position_grid(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
@@ -411,14 +434,7 @@ class SelfAttention2d(nn.Module):
                  kernel_size: int = 3, relation: str | None = None, implementation: str = "fast",
                  pad_mode: PadMode = "reflect"):
         super().__init__()
-        if sa_type not in OFFICIAL_RELATIONS:
-            raise ValueError(f"`sa_type` must be one of {tuple(OFFICIAL_RELATIONS)}, got {sa_type!r}")
-        relation = relation or OFFICIAL_RELATIONS[sa_type]
-        allowed = PAIRWISE_RELATIONS if sa_type == "pairwise" else PATCHWISE_RELATIONS
-        if relation not in allowed:
-            raise ValueError(f"`relation` for sa_type={sa_type!r} must be one of {allowed}, got {relation!r}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        relation = check_attention_args(sa_type, relation, implementation, pad_mode)
         if out_planes % share_planes != 0:
             raise ValueError(f"`out_planes` ({out_planes}) must be divisible by `share_planes` ({share_planes})")
         _check_geometry(kernel_size, 1, 1, pad_mode)
@@ -480,19 +496,18 @@ class SelfAttention2d(nn.Module):
             rel = torch.einsum("ncjl,nckl->njkl", self._footprint(x1), self._footprint(x2)).flatten(1, 2)
         return rel.unsqueeze(2)
 
-    def _patchwise_concat_hidden_eval(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    def _patchwise_concat_hidden_eval(self, x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor,
+                                      shift: torch.Tensor) -> torch.Tensor:
         """``conv_w[:3]`` (BN -> ReLU -> conv) of the patchwise concatenation, in eval mode, one tap at a time.
 
         Equal to ``conv_w[2](relu(conv_w[0](cat([x1, unfold(x2)]))))`` but never builds the ``K``-times unfolded
         ``x2``: BN with running statistics is a per-channel affine map, so each footprint tap is normalised,
-        rectified and contracted with its slice of the conv weight on a strided view. Returns ``(N, hidden, L)``.
+        rectified and contracted with its slice of the conv weight on a strided view. ``scale, shift``: the BN as an
+        affine map (:func:`bn_affine`). Returns ``(N, hidden, L)``.
         """
-        bn, conv = self.conv_w[0], self.conv_w[2]
         n, c, h, w = x1.shape
         k2 = self.kernel_size * self.kernel_size
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
-        weight = conv.weight.flatten(1)  # (hidden, C * (K + 1)); input channels [centre c] + [c * K + j]
+        weight = self.conv_w[2].weight.flatten(1)  # (hidden, C * (K + 1)); input channels [centre c] + [c * K + j]
         w_fp = weight[:, c:].view(-1, c, k2)
         s_fp, b_fp = scale[c:].view(c, k2, 1, 1), shift[c:].view(c, k2, 1, 1)
         # channel-major layout (C, N, H, W): every tap then contracts in a single (hidden, C) @ (C, N*L) product
@@ -505,16 +520,14 @@ class SelfAttention2d(nn.Module):
             tap = torch.addcmul(b_fp[:, j, None], _window(x2_pad, dh, dw, (h, w), 1), s_fp[:, j, None]).relu_()
             out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w).to(out.dtype))
         return out.view(-1, n, h * w).transpose(0, 1)
-        return out
 
     def _patchwise_weight(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """Unnormalised patchwise weights ``(N, Cw, K, L)``."""
         n, _, h, w = x1.shape
         k2 = self.kernel_size * self.kernel_size
-        fused = (self.relation == "concatenation" and self.implementation == "fast" and not self.training
-                 and self.conv_w[0].track_running_stats and self.conv_w[0].running_var is not None)
-        if fused:
-            hidden = self._patchwise_concat_hidden_eval(x1, x2).unsqueeze(2)  # (N, hidden, 1, L)
+        affine = bn_affine(self.conv_w[0])
+        if self.relation == "concatenation" and self.implementation == "fast" and affine is not None:
+            hidden = self._patchwise_concat_hidden_eval(x1, x2, *affine).unsqueeze(2)  # (N, hidden, 1, L)
             return self.conv_w[3:](hidden).view(n, -1, k2, h * w)
         return self.conv_w(self._patchwise_relation(x1, x2)).view(n, -1, k2, h * w)
 

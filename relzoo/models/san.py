@@ -31,16 +31,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from transformers.utils.generic import can_return_tuple
 
-from ..layers.san import (
-    IMPLEMENTATIONS,
-    OFFICIAL_RELATIONS,
-    PAIRWISE_RELATIONS,
-    PATCHWISE_RELATIONS,
-    Conv1x1,
-    SelfAttention2d,
-    conv1x1,
-    footprint_padding,
-)
+from ..layers.san import Conv1x1, SelfAttention2d, bn_affine, check_attention_args, conv1x1, footprint_padding
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -50,6 +41,14 @@ SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
                 for depth, layers in SAN_LAYERS.items() for short, sa_type in (("pair", "pairwise"),
                                                                                 ("patch", "patchwise"))}
 HUB_ORG = "relzoo"
+
+
+def check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths) -> None:
+    """Validation shared by :class:`SAN` and :class:`SANConfig` (raises before anything is built)."""
+    check_attention_args(sa_type, relation, implementation, pad_mode)
+    if not (len(layers) == len(kernels) == len(widths)):
+        raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {list(layers)}, "
+                         f"{list(kernels)} and {list(widths)}")
 
 
 def min_input_size(kernels, pad_mode: str = "reflect") -> int:
@@ -126,12 +125,12 @@ class SANStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.training or not self.bn.track_running_stats or self.bn.running_var is None:
+        affine = bn_affine(self.bn)
+        if affine is None:
             return self.act(self.bn(self.conv(x)))
         # eval: fold BN into the conv, saving a full-resolution pass over the largest map of the network
-        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
-        bias = self.bn.bias - self.bn.running_mean * scale
-        return self.act(conv1x1(x, self.conv.weight * scale.view(-1, 1, 1, 1), bias))
+        scale, shift = affine
+        return self.act(conv1x1(x, self.conv.weight * scale.view(-1, 1, 1, 1), shift))
 
 
 class SANStage(nn.Module):
@@ -178,7 +177,6 @@ class SAN(nn.Module):
                  drop_rate=0.0, relation=None, rel_reduction=16, mid_reduction=4, share_planes=8,
                  implementation="fast", pad_mode="reflect", **kwargs):
         super().__init__()
-        kwargs.pop("pretrained_cfg", None)
         if kwargs:
             raise TypeError(f"SAN got unexpected keyword arguments {sorted(kwargs)}")
         layers, kernels, widths = tuple(layers), tuple(kernels), tuple(widths)
@@ -187,9 +185,7 @@ class SAN(nn.Module):
                               rel_reduction=rel_reduction, mid_reduction=mid_reduction, share_planes=share_planes,
                               implementation=implementation, pad_mode=pad_mode, global_pool=global_pool,
                               drop_rate=drop_rate)
-        if not (len(layers) == len(kernels) == len(widths)):
-            raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {len(layers)}, "
-                             f"{len(kernels)} and {len(widths)}")
+        check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths)
         for name, w in (("widths", widths), ("stem_width", (stem_width,))):
             for c in w:
                 if c % rel_reduction or c % mid_reduction or (c // mid_reduction) % share_planes:
@@ -436,18 +432,7 @@ class SANConfig(PreTrainedConfig):
                  widths=(64, 256, 512, 1024, 2048), stem_width=64, num_channels=3, rel_reduction=16,
                  mid_reduction=4, share_planes=8, pad_mode="reflect", implementation="fast", global_pool="avg",
                  drop_rate=0.0, **kwargs):
-        if sa_type not in OFFICIAL_RELATIONS:
-            raise ValueError(f"`sa_type` must be one of {tuple(OFFICIAL_RELATIONS)}, got {sa_type!r}")
-        allowed = PAIRWISE_RELATIONS if sa_type == "pairwise" else PATCHWISE_RELATIONS
-        if relation is not None and relation not in allowed:
-            raise ValueError(f"`relation` for sa_type={sa_type!r} must be one of {allowed} or None, got {relation!r}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-        if pad_mode not in ("reflect", "zeros"):
-            raise ValueError(f"`pad_mode` must be 'reflect' or 'zeros', got {pad_mode!r}")
-        if not (len(layers) == len(kernels) == len(widths)):
-            raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {list(layers)}, "
-                             f"{list(kernels)} and {list(widths)}")
+        check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths)
         self.sa_type, self.relation = sa_type, relation
         self.layers, self.kernels, self.widths = list(layers), list(kernels), list(widths)
         self.stem_width, self.num_channels = stem_width, num_channels
