@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) tests/conformance/fetch_upstream.py   # timm's and transformers' own test suites (sdists, from PyPI)
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,6 +9,7 @@ from huggingface_hub import ModelCard
 
 from relzoo import SANConfig
 from relzoo.hub import atomic_folder, save_hub_folder
+from relzoo.models.san import HUB_REPOS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def test_hub_configs_match_the_models(path):
     spec = json.loads(path.read_text())
     arch = spec["timm_architecture"]
     model = timm.create_model(arch)
-    assert model.pretrained_cfg["hf_hub_id"] == spec["repo_id"]
+    assert HUB_REPOS[arch] == spec["repo_id"]
     assert sum(p.numel() for p in model.parameters()) == spec["card"]["params"]
     cfg = SANConfig(**{k: v for k, v in spec["config"].items() if k != "model_type"})
     from relzoo import SAN

@@ -239,3 +239,98 @@ def test_autocast_bf16_runs():
         y = m(torch.randn(2, 32, 6, 6))
     y.float().sum().backward()
     assert torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("sa_type", ["pairwise", "patchwise"])
+@pytest.mark.parametrize("k,pad_mode,hw", [(3, "reflect", (9, 8)), (7, "reflect", (11, 13)), (5, "zeros", (6, 7))])
+def test_fused_inference_paths_match_reference_fp64(sa_type, k, pad_mode, hw):
+    """Inference (no autograd, BN with running statistics) runs the fused paths; they equal the unfold reference."""
+    from unittest import mock
+
+    import relzoo.layers.san as san
+
+    torch.manual_seed(k)
+    fast = SelfAttention2d(sa_type, 32, 4, 16, 8, k, pad_mode=pad_mode).double().eval()
+    _randomise_bn(fast)
+    ref = SelfAttention2d(sa_type, 32, 4, 16, 8, k, pad_mode=pad_mode, implementation="reference").double().eval()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 32, *hw, dtype=torch.float64) * 2
+    fused = "pairwise_subtraction_attention_eval" if sa_type == "pairwise" else "patchwise_concat_hidden_eval"
+    with mock.patch.object(san, fused, wraps=getattr(san, fused)) as spy, torch.no_grad():
+        y = fast(x)
+        assert spy.call_count == 1  # the fused path ran
+        torch.testing.assert_close(y, ref(x), rtol=0, atol=1e-10)
+    with mock.patch.object(san, fused, wraps=getattr(san, fused)) as spy:
+        fast(x)  # with autograd on, the differentiable ops run instead
+        assert spy.call_count == 0
+
+
+def test_fused_pairwise_softmax_is_stable_for_large_logits():
+    """The online softmax keeps a running maximum: logits far beyond exp's range give the reference's weights."""
+    torch.manual_seed(0)
+    m = SelfAttention2d("pairwise", 32, 4, 16, 8, 5).eval()
+    ref = SelfAttention2d("pairwise", 32, 4, 16, 8, 5, implementation="reference").eval()
+    with torch.no_grad():
+        m.conv_w[5].weight.mul_(400.0)  # logits spread over thousands: a fixed shift would overflow float32
+        ref.load_state_dict(m.state_dict())
+        x = torch.randn(2, 32, 9, 9)
+        y, y_ref = m(x), ref(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_pairwise_never_holds_the_relation_or_the_weights():
+    """Peak memory of the fused pairwise inference stays far below the (N, C_rel + 2, K, L) relation it avoids."""
+    from torch.profiler import profile
+
+    m = SelfAttention2d("pairwise", 256, 16, 64, 8, 7).eval()
+    x = torch.randn(2, 256, 28, 28)
+    relation_bytes = 2 * (16 + 2) * 49 * 28 * 28 * 4
+    peaks = {}
+    for name, grad in (("fused", False), ("autograd", True)):
+        with torch.set_grad_enabled(grad), profile(profile_memory=True) as prof:
+            m(x)
+        current = peak = 0
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            current += e.nbytes()
+            peak = max(peak, current)
+        peaks[name] = peak
+    # the fused path works one footprint row at a time: all it holds together is less than the relation alone
+    assert peaks["fused"] < relation_bytes and peaks["fused"] * 6 < peaks["autograd"], peaks
+
+
+def test_fused_pairwise_under_bf16_autocast():
+    torch.manual_seed(0)
+    m = SelfAttention2d("pairwise", 32, 4, 16, 8, 3).eval()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        expected = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_operators_are_fx_leaves_and_scriptable():
+    """fx graphs call the operators (checks run at call time); TorchScript compiles them (unfold under script)."""
+    import torch.fx
+
+    m = SelfAttention2d("pairwise", 16, 4, 16, 8, 3)
+    gm = torch.fx.symbolic_trace(m)
+    called = {n.target.__name__ for n in gm.graph.nodes if n.op == "call_function" and hasattr(n.target, "__name__")}
+    assert {"subtraction2", "subtraction", "aggregation", "position_grid", "conv1x1"} <= called
+    x = torch.randn(2, 16, 6, 7)
+    torch.testing.assert_close(gm(x), m(x))
+    with pytest.raises(ValueError, match="`a` spatial size"):
+        gm(torch.randn(2, 16, 1, 7))  # the operators' checks run inside the traced graph
+
+    def f(x, w):  # user code calling an operator: list it in autowrap_functions to keep it a leaf
+        return aggregation(x, w, 3)
+
+    gm = torch.fx.GraphModule({}, torch.fx.Tracer(autowrap_functions=(aggregation,)).trace(f))
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(1, 2, 9, 25)
+    torch.testing.assert_close(gm(x, w), aggregation(x, w, 3))
+    scripted = torch.jit.script(aggregation)
+    torch.testing.assert_close(scripted(x, w, 3), aggregation(x, w, 3))
+    torch.testing.assert_close(torch.jit.script(subtraction2)(x, x.flip(-1), 3), subtraction2(x, x.flip(-1), 3))

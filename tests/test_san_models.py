@@ -9,7 +9,7 @@ from timm.models import group_parameters
 
 import relzoo
 from relzoo import SANConfig, SANForImageClassification, SANModel
-from relzoo.models.san import SAN_VARIANTS, checkpoint_filter_fn, min_input_size, official_to_timm_key
+from relzoo.models.san import HUB_REPOS, SAN_VARIANTS, checkpoint_filter_fn, min_input_size, official_to_timm_key
 
 OFFICIAL = {  # params at 1000 classes, state_dict entries (brief 1.6 / 1.7)
     "san10_pair": (10_531_848, 368), "san10_patch": (11_841_124, 348), "san15_pair": (14_065_436, 533),
@@ -28,8 +28,11 @@ def test_parameter_counts_and_key_counts_equal_official(variant):
 
 def test_registry_and_pretrained_cfg():
     assert sorted(timm.list_models("san*")) == sorted(OFFICIAL)
+    assert [m for m in timm.list_pretrained() if m.startswith("san")] == []  # no weights are published yet
+    assert sorted(timm.list_models("san*", include_tags=True)) == sorted(f"{v}.untrained" for v in OFFICIAL)
     cfg = timm.create_model("san10_patch").pretrained_cfg
-    assert cfg["hf_hub_id"] == "relzoo/san10_patch.in1k"
+    assert cfg["tag"] == "untrained" and not cfg.get("hf_hub_id") and not cfg.get("url")
+    assert HUB_REPOS["san10_patch"] == "relzoo/san10_patch.in1k"  # kept for publishing
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
     assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406) and cfg["first_conv"] == "stem.conv"
     assert cfg["classifier"] == "fc"
@@ -311,3 +314,58 @@ def test_convert_rejects_wrong_variant(tmp_path):
 
 def test_variants_table_is_consistent():
     assert set(SAN_VARIANTS) == set(OFFICIAL)
+
+
+def test_factory_device_dtype_and_reset_classifier():
+    model = timm.create_model("san10_pair", num_classes=4, dtype=torch.float64, **TINY)
+    assert model.in_chans == 3 and {p.dtype for p in model.parameters()} == {torch.float64}
+    meta = timm.create_model("san10_patch", device="meta", **TINY)
+    assert {p.device.type for p in [*meta.parameters(), *meta.buffers()]} == {"meta"}
+    model.eval()
+    model.reset_classifier(7)
+    assert model.fc.weight.dtype == torch.float64 and not model.fc.training
+    model.reset_classifier(2, "catavgmax")
+    assert model.head_hidden_size == 256 and model.fc.in_features == 256
+    assert model(torch.randn(1, 3, 128, 128, dtype=torch.float64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+def test_torchscript_save_load_matches_eager(variant, tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=3, **TINY).eval()
+    scripted = torch.jit.script(model)
+    scripted.save(str(tmp_path / "m.pt"))
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+def test_fx_graph_reads_batchnorm_statistics_at_run_time(variant):
+    """Traced graphs keep BatchNorm buffers as graph inputs (no constants baked at trace time)."""
+    import torch.fx
+
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=3, **TINY).eval()
+    with torch.no_grad():
+        graph = torch.fx.symbolic_trace(model)
+        assert not [n for n in graph.graph.nodes if n.op == "get_attr" and "_tensor_constant" in str(n.target)]
+        for module in (model, graph):  # new statistics after tracing: the graph must see them
+            for name, buf in module.named_buffers():
+                if name.endswith("running_mean"):
+                    buf.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(len(name)))
+        x = torch.randn(2, 3, 128, 128)
+        torch.testing.assert_close(graph(x), model(x))
+    with pytest.raises(ValueError, match="must have 3 channels"):
+        graph(torch.randn(1, 1, 128, 128))  # the input check runs inside the graph
+
+
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+def test_torch_export_matches_eager(variant):
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=3, **TINY).eval()
+    x = torch.randn(2, 3, 128, 128)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-5)

@@ -19,18 +19,21 @@ Every operator has two paths:
   custom autograd function, so neither the forward nor the backward ever holds a ``k*k``-times unfolded copy of
   the input. Tests compare both paths in float64 (forward and gradients).
 
-This module only imports torch and einops.
+In inference (no autograd, BatchNorm with running statistics) :class:`SelfAttention2d` runs fused paths: the
+pairwise weight network and the softmax over the footprint are evaluated one footprint row at a time with an online
+softmax (:func:`pairwise_subtraction_attention_eval`), the patchwise weight network one tap at a time.
+
+Tracing and scripting: the operators are ``torch.fx`` leaf functions (``torch.fx.wrap``), so a traced graph calls
+them (tensor-dependent checks and branches run at call time, BatchNorm buffers stay graph inputs), and TorchScript
+compiles them: under ``torch.jit.script`` the custom autograd functions (not scriptable) are replaced by the
+pad+unfold computation and the argument checks are skipped.
+
+This module only imports torch.
 """
-from __future__ import annotations
-
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-PadMode = Literal["reflect", "zeros"]
 _PAD_MODES = ("reflect", "zeros")
 
 
@@ -48,7 +51,7 @@ def output_size(size: int, kernel_size: int, stride: int = 1, dilation: int = 1)
     return (size + 2 * pad - (dilation * (kernel_size - 1) + 1)) // stride + 1
 
 
-def _check_geometry(kernel_size: int, stride: int, dilation: int, pad_mode: str) -> None:
+def _check_geometry(kernel_size, stride, dilation, pad_mode) -> None:
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}")
@@ -58,7 +61,7 @@ def _check_geometry(kernel_size: int, stride: int, dilation: int, pad_mode: str)
         raise ValueError(f"`pad_mode` must be one of {_PAD_MODES}, got {pad_mode!r}")
 
 
-def _check_map(name: str, t: torch.Tensor, kernel_size: int, dilation: int, pad_mode: str) -> None:
+def _check_map(name: str, t, kernel_size: int, dilation: int, pad_mode: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 4:
@@ -74,20 +77,61 @@ def _check_map(name: str, t: torch.Tensor, kernel_size: int, dilation: int, pad_
 
 
 def _pad(x: torch.Tensor, pad: int, pad_mode: str) -> torch.Tensor:
+    """Pad the last two dims by ``pad`` on every side (reflection or zeros)."""
     if pad == 0:
         return x
-    return F.pad(x, (pad, pad, pad, pad), mode="reflect" if pad_mode == "reflect" else "constant")
+    return F.pad(x, [pad, pad, pad, pad], mode="reflect" if pad_mode == "reflect" else "constant")
 
 
 def _taps(kernel_size: int, dilation: int) -> list[tuple[int, int]]:
     """Row-major footprint offsets ``(dh, dw)`` in the padded map, ``j = kh * k + kw``."""
-    return [(kh * dilation, kw * dilation) for kh in range(kernel_size) for kw in range(kernel_size)]
+    taps: list[tuple[int, int]] = []
+    for kh in range(kernel_size):
+        for kw in range(kernel_size):
+            taps.append((kh * dilation, kw * dilation))
+    return taps
 
 
-def _window(t: torch.Tensor, dh: int, dw: int, out_hw: tuple[int, int], stride: int) -> torch.Tensor:
+def _window(t: torch.Tensor, dh: int, dw: int, ho: int, wo: int, stride: int) -> torch.Tensor:
     """Strided view ``t[..., dh + stride * h, dw + stride * w]`` for every output position ``(h, w)``."""
-    ho, wo = out_hw
     return t[..., dh : dh + stride * (ho - 1) + 1 : stride, dw : dw + stride * (wo - 1) + 1 : stride]
+
+
+def _common_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Cast to the promoted dtype (mixed dtypes arise under autocast: bf16 matmul outputs next to fp32 norms)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pad + unfold computations (the references; also what TorchScript compiles)
+# ----------------------------------------------------------------------------------------------------------------
+def _unfold(x: torch.Tensor, kernel_size: int, stride: int, dilation: int, pad_mode: str) -> torch.Tensor:
+    """``x~[n, c, nbr(l, j)]`` as ``(N, C, K, L)``; channel-major like ``F.unfold`` (index ``c * K + j``)."""
+    n, c = x.shape[0], x.shape[1]
+    cols = F.unfold(_pad(x, footprint_padding(kernel_size, dilation), pad_mode), [kernel_size, kernel_size],
+                    dilation=[dilation, dilation], stride=[stride, stride])
+    return cols.view(n, c, kernel_size * kernel_size, -1)
+
+
+def _aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                        pad_mode: str) -> torch.Tensor:
+    n, c, h, w = x.shape
+    ho, wo = output_size(h, kernel_size, stride, dilation), output_size(w, kernel_size, stride, dilation)
+    cw = weight.shape[1]
+    cols = _unfold(x, kernel_size, stride, dilation, pad_mode)  # (N, C, K, L), C = G * Cw (c = g * Cw + c mod Cw)
+    cols = cols.view(n, c // cw, cw, kernel_size * kernel_size, ho * wo)
+    out = (cols * weight.unsqueeze(1)).sum(dim=3)  # weight (N, 1, Cw, K, L) broadcast over the groups g
+    return out.view(n, c, ho, wo)
+
+
+def _subtraction2_unfold(a: torch.Tensor, b: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                         pad_mode: str) -> torch.Tensor:
+    n, c = a.shape[0], a.shape[1]
+    centre = F.unfold(a, [1, 1], stride=[stride, stride]).view(n, c, 1, -1)
+    return centre - _unfold(b, kernel_size, stride, dilation, pad_mode)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,22 +157,8 @@ def _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode) -> tu
     return ho, wo
 
 
-def _common_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Cast to the promoted dtype (mixed dtypes arise under autocast: bf16 matmul outputs next to fp32 norms)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return tuple(t.to(dtype) for t in tensors)
-
-
-def aggregation_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    kernel_size: int,
-    stride: int = 1,
-    dilation: int = 1,
-    pad_mode: PadMode = "reflect",
-) -> torch.Tensor:
+def aggregation_reference(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int = 1,
+                          dilation: int = 1, pad_mode: str = "reflect") -> torch.Tensor:
     """Aggregation by pad + unfold (slow, obviously right).
 
     Args:
@@ -138,14 +168,11 @@ def aggregation_reference(
     Returns:
         ``(N, C, H_out, W_out)``.
     """
-    ho, wo = _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode)
+    if torch.jit.is_scripting():
+        return _aggregation_unfold(x, weight.to(x.dtype), kernel_size, stride, dilation, pad_mode)
+    _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode)
     x, weight = _common_dtype(x, weight)
-    pad = footprint_padding(kernel_size, dilation)
-    cols = F.unfold(_pad(x, pad, pad_mode), kernel_size, dilation=dilation, stride=stride)  # (N, C*K, L)
-    cw = weight.shape[1]
-    cols = rearrange(cols, "n (g cw k) l -> n g cw k l", cw=cw, k=kernel_size**2)
-    out = (cols * weight.unsqueeze(1)).sum(dim=3)  # weight broadcast over the channel groups g
-    return rearrange(out, "n g cw (h w) -> n (g cw) h w", h=ho, w=wo)
+    return _aggregation_unfold(x, weight, kernel_size, stride, dilation, pad_mode)
 
 
 class _AggregationFunction(torch.autograd.Function):
@@ -160,7 +187,7 @@ class _AggregationFunction(torch.autograd.Function):
         wg = weight.view(n, 1, cw, kernel_size * kernel_size, ho, wo)
         out = x_pad.new_zeros(n, c // cw, cw, ho, wo)
         for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-            out.addcmul_(_window(xg, dh, dw, out_hw, stride), wg[:, :, :, j])
+            out.addcmul_(_window(xg, dh, dw, ho, wo, stride), wg[:, :, :, j])
         ctx.save_for_backward(x_pad, weight)
         ctx.geometry = (kernel_size, stride, dilation, out_hw)
         return out.view(n, c, ho, wo)
@@ -169,10 +196,9 @@ class _AggregationFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x_pad, weight = ctx.saved_tensors
-        kernel_size, stride, dilation, out_hw = ctx.geometry
+        kernel_size, stride, dilation, (ho, wo) = ctx.geometry
         n, c, hp, wp = x_pad.shape
         cw = weight.shape[1]
-        ho, wo = out_hw
         go = grad_out.contiguous().view(n, c // cw, cw, ho, wo)
         wg = weight.view(n, 1, cw, kernel_size * kernel_size, ho, wo)
         grad_x = grad_w = None
@@ -183,9 +209,9 @@ class _AggregationFunction(torch.autograd.Function):
         xg = x_pad.view(n, c // cw, cw, hp, wp)
         for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
             if grad_x is not None:
-                _window(grad_x, dh, dw, out_hw, stride).addcmul_(go, wg[:, :, :, j])
+                _window(grad_x, dh, dw, ho, wo, stride).addcmul_(go, wg[:, :, :, j])
             if grad_w is not None:
-                torch.sum(go * _window(xg, dh, dw, out_hw, stride), dim=1, out=grad_w[:, :, j])
+                torch.sum(go * _window(xg, dh, dw, ho, wo, stride), dim=1, out=grad_w[:, :, j])
         if grad_x is not None:
             grad_x = grad_x.view(n, c, hp, wp)
         if grad_w is not None:
@@ -193,14 +219,8 @@ class _AggregationFunction(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
-def aggregation(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    kernel_size: int,
-    stride: int = 1,
-    dilation: int = 1,
-    pad_mode: PadMode = "reflect",
-) -> torch.Tensor:
+def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
+                pad_mode: str = "reflect") -> torch.Tensor:
     """Aggregation, fast path: ``out[n, c, l] = sum_j weight[n, c mod Cw, j, l] * x~[n, c, nbr(l, j)]``.
 
     Never materialises the ``K``-times unfolded input; memory is that of ``x`` padded plus the output.
@@ -215,6 +235,8 @@ def aggregation(
     Returns:
         ``(N, C, H_out, W_out)``.
     """
+    if torch.jit.is_scripting():
+        return _aggregation_unfold(x, weight.to(x.dtype), kernel_size, stride, dilation, pad_mode)
     ho, wo = _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode)
     x, weight = _common_dtype(x, weight)
     x_pad = _pad(x, footprint_padding(kernel_size, dilation), pad_mode).contiguous()
@@ -234,22 +256,14 @@ def _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode) -> tuple[i
     return output_size(h, kernel_size, stride, dilation), output_size(w, kernel_size, stride, dilation)
 
 
-def subtraction2_reference(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    kernel_size: int,
-    stride: int = 1,
-    dilation: int = 1,
-    pad_mode: PadMode = "reflect",
-) -> torch.Tensor:
+def subtraction2_reference(a: torch.Tensor, b: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
+                           pad_mode: str = "reflect") -> torch.Tensor:
     """``a[centre] - unfold(pad(b))`` (slow, obviously right). ``a, b: (N, C, H, W)`` -> ``(N, C, K, L)``."""
-    ho, wo = _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode)
+    if torch.jit.is_scripting():
+        return _subtraction2_unfold(a, b.to(a.dtype), kernel_size, stride, dilation, pad_mode)
+    _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode)
     a, b = _common_dtype(a, b)
-    n, c = a.shape[:2]
-    centre = F.unfold(a, 1, stride=stride).view(n, c, 1, ho * wo)
-    nbrs = F.unfold(_pad(b, footprint_padding(kernel_size, dilation), pad_mode), kernel_size,
-                    dilation=dilation, stride=stride).view(n, c, kernel_size**2, ho * wo)
-    return centre - nbrs
+    return _subtraction2_unfold(a, b, kernel_size, stride, dilation, pad_mode)
 
 
 class _Subtraction2Function(torch.autograd.Function):
@@ -259,38 +273,32 @@ class _Subtraction2Function(torch.autograd.Function):
     def forward(ctx, a, b_pad, kernel_size, stride, dilation, out_hw):
         n, c = a.shape[:2]
         ho, wo = out_hw
-        centre = _window(a, 0, 0, out_hw, stride)
+        centre = _window(a, 0, 0, ho, wo, stride)
         out = a.new_empty(n, c, kernel_size * kernel_size, ho, wo)
         for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-            torch.sub(centre, _window(b_pad, dh, dw, out_hw, stride), out=out[:, :, j])
+            torch.sub(centre, _window(b_pad, dh, dw, ho, wo, stride), out=out[:, :, j])
         ctx.geometry = (kernel_size, stride, dilation, out_hw, tuple(a.shape), tuple(b_pad.shape))
         return out.view(n, c, kernel_size * kernel_size, ho * wo)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        kernel_size, stride, dilation, out_hw, a_shape, b_shape = ctx.geometry
+        kernel_size, stride, dilation, (ho, wo), a_shape, b_shape = ctx.geometry
         n, c = a_shape[:2]
-        g = grad_out.view(n, c, kernel_size * kernel_size, *out_hw)
+        g = grad_out.view(n, c, kernel_size * kernel_size, ho, wo)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_a = grad_out.new_zeros(a_shape)
-            _window(grad_a, 0, 0, out_hw, stride).copy_(g.sum(dim=2))
+            _window(grad_a, 0, 0, ho, wo, stride).copy_(g.sum(dim=2))
         if ctx.needs_input_grad[1]:
             grad_b = grad_out.new_zeros(b_shape)
             for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-                _window(grad_b, dh, dw, out_hw, stride).sub_(g[:, :, j])
+                _window(grad_b, dh, dw, ho, wo, stride).sub_(g[:, :, j])
         return grad_a, grad_b, None, None, None, None
 
 
-def subtraction2(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    kernel_size: int,
-    stride: int = 1,
-    dilation: int = 1,
-    pad_mode: PadMode = "reflect",
-) -> torch.Tensor:
+def subtraction2(a: torch.Tensor, b: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
+                 pad_mode: str = "reflect") -> torch.Tensor:
     """``out[n, c, j, l] = a[n, c, centre(l)] - b~[n, c, nbr(l, j)]``, fast path.
 
     Args:
@@ -299,6 +307,8 @@ def subtraction2(
     Returns:
         ``(N, C, K, L)`` with ``K = kernel_size**2`` and ``L = H_out * W_out``.
     """
+    if torch.jit.is_scripting():
+        return _subtraction2_unfold(a, b.to(a.dtype), kernel_size, stride, dilation, pad_mode)
     ho, wo = _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode)
     a, b = _common_dtype(a, b)
     b_pad = _pad(b, footprint_padding(kernel_size, dilation), pad_mode)
@@ -306,33 +316,31 @@ def subtraction2(
 
 
 def subtraction_reference(p: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
-                          pad_mode: PadMode = "reflect") -> torch.Tensor:
+                          pad_mode: str = "reflect") -> torch.Tensor:
     """``subtraction2_reference(p, p, ...)``: ``(N, C, H, W)`` -> ``(N, C, K, L)``."""
     return subtraction2_reference(p, p, kernel_size, stride, dilation, pad_mode)
 
 
 def subtraction(p: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
-                pad_mode: PadMode = "reflect") -> torch.Tensor:
+                pad_mode: str = "reflect") -> torch.Tensor:
     """``subtraction2(p, p, ...)``, fast path: ``(N, C, H, W)`` -> ``(N, C, K, L)``."""
     return subtraction2(p, p, kernel_size, stride, dilation, pad_mode)
 
 
 def unfold_footprint(x: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
-                     pad_mode: PadMode = "reflect") -> torch.Tensor:
+                     pad_mode: str = "reflect") -> torch.Tensor:
     """Footprint features ``(N, C, H, W)`` -> ``(N, C, K, L)`` (``x~[n, c, nbr(l, j)]``), pad + unfold.
 
     The patchwise relation consumes exactly this tensor (its channel order ``c * K + j`` is the official one).
     """
-    _check_geometry(kernel_size, stride, dilation, pad_mode)
-    _check_map("x", x, kernel_size, dilation, pad_mode)
-    n, c = x.shape[:2]
-    cols = F.unfold(_pad(x, footprint_padding(kernel_size, dilation), pad_mode), kernel_size,
-                    dilation=dilation, stride=stride)
-    return cols.view(n, c, kernel_size**2, -1)
+    if not torch.jit.is_scripting():
+        _check_geometry(kernel_size, stride, dilation, pad_mode)
+        _check_map("x", x, kernel_size, dilation, pad_mode)
+    return _unfold(x, kernel_size, stride, dilation, pad_mode)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 1x1 convolution as a batched matrix product
+# 1x1 convolution as a batched matrix product, BatchNorm as an affine map
 # ----------------------------------------------------------------------------------------------------------------
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias)`` for a 1x1 kernel, as ``weight @ x`` per sample on contiguous NCHW input.
@@ -345,27 +353,179 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     n, c, h, w = x.shape
     wt = weight.view(1, weight.shape[0], c).expand(n, -1, -1)
     xs = x.view(n, c, h * w)
-    out = torch.bmm(wt, xs) if bias is None else torch.baddbmm(bias.view(1, -1, 1), wt, xs)
+    if bias is None:
+        out = torch.bmm(wt, xs)
+    else:
+        out = torch.baddbmm(bias.view(1, -1, 1), wt, xs)
     return out.view(n, -1, h, w)
 
 
 class Conv1x1(nn.Conv2d):
     """``nn.Conv2d`` with a 1x1 kernel (same parameters and state dict) computed by :func:`conv1x1`."""
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
-        super().__init__(in_channels, out_channels, 1, bias=bias)
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv1x1(x, self.weight, self.bias)
 
 
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel, or ``None`` while ``bn`` normalises with
-    batch statistics (training, or no running statistics) and so is not an affine map."""
-    if bn.training or bn.running_var is None:
-        return None
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
+def bn_scale_shift(weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor | None,
+                   running_var: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``batch_norm_eval(x) == x * scale + shift`` per channel, from BatchNorm's parameters
+    and running statistics (which must exist)."""
+    assert running_mean is not None and running_var is not None
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def conv1x1_bn_relu_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn_weight: torch.Tensor | None,
+                         bn_bias: torch.Tensor | None, running_mean: torch.Tensor | None,
+                         running_var: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``relu(bn(conv1x1(x)))`` with an eval-mode BatchNorm folded into the (bias-free) convolution."""
+    scale, shift = bn_scale_shift(bn_weight, bn_bias, running_mean, running_var, eps)
+    return conv1x1(x, conv_weight * scale.view(-1, 1, 1, 1), shift).relu_()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fused inference paths of the self-attention module
+# ----------------------------------------------------------------------------------------------------------------
+def position_grid(height: int, width: int, device: torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Normalised coordinates ``(1, 2, H, W)``: channel 0 is x (``linspace(-1, 1, W)`` along width), 1 is y."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy]).unsqueeze(0)
+
+
+def pairwise_subtraction_attention_eval(
+    x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, rel_planes: int, pos_weight: torch.Tensor,
+    pos_bias: torch.Tensor, bn0: list[torch.Tensor | None], eps0: float, w1: torch.Tensor, bn3: list[torch.Tensor | None],
+    eps3: float, w2: torch.Tensor, b2: torch.Tensor, kernel_size: int, pad_mode: str,
+) -> torch.Tensor:
+    """The released pairwise SAM in inference, without ever holding the ``(N, C_rel + 2, K, L)`` relation, the
+    hidden ``(N, C_rel, K, L)`` activations or the ``(N, Cw, K, L)`` attention weights.
+
+    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated one footprint row (``k`` taps) at a time:
+    BN0 is a per-channel affine map, so ``BN0(x1[centre] - x2[nbr])`` is ``A[centre] - B[nbr]`` with ``A, B``
+    computed once; BN3 is folded into ``W1``; the position term ``W1_pos @ relu(BN0_pos(p_i - p_j))`` does not depend
+    on the sample and is computed once per tap. The softmax over the footprint runs online (running maximum and sum,
+    the accumulator rescaled once per row), and the aggregation is accumulated on the fly. Everything runs
+    channel-major ``(C, N, H, W)`` so that every product is a single matrix multiply.
+
+    Args:
+        x: block input ``(N, C_in, H, W)``.
+        qkv_weight, qkv_bias: ``conv1``, ``conv2``, ``conv3`` (1x1) stacked: ``(2 * C_rel + C_mid, C_in)``, ``(.., )``.
+        rel_planes: ``C_rel``.
+        pos_weight, pos_bias: ``conv_p`` ``(2, 2, 1, 1)``, ``(2,)``.
+        bn0, bn3: ``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``C_rel + 2``) and ``conv_w[3]``.
+        w1: ``conv_w[2].weight`` ``(C_rel, C_rel + 2, 1, 1)``; ``w2, b2``: ``conv_w[5]`` ``(Cw, C_rel, 1, 1)``, ``(Cw,)``.
+
+    Returns:
+        ``(N, C_mid, H, W)``, equal to ``aggregation(conv3(x), softmax_K(gamma([x1 - x2~, p - p~])))``.
+    """
+    n, c_in, h, w = x.shape
+    k = kernel_size
+    pad = footprint_padding(k)
+    cr = rel_planes
+    cw = w2.shape[0]
+    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1),
+                        x.reshape(n, c_in, h * w))
+    # channel-major (2 * C_rel + C_mid, N, H, W); transposing the product moves fewer channels than x has
+    qkv = qkv.transpose(0, 1).reshape(-1, n, h, w)
+    dtype = qkv.dtype  # bf16 under autocast: keep every tensor in it
+    x1, x2, x3 = qkv[:cr], qkv[cr : 2 * cr], qkv[2 * cr :]
+    cm = x3.shape[0]
+    s0, t0 = bn_scale_shift(bn0[0], bn0[1], bn0[2], bn0[3], eps0)
+    s3, t3 = bn_scale_shift(bn3[0], bn3[1], bn3[2], bn3[3], eps3)
+    s0, t0, s3, t3 = s0.to(dtype), t0.to(dtype), s3.to(dtype), t3.to(dtype)
+    a = torch.addcmul(t0[:cr, None, None, None], x1, s0[:cr, None, None, None])  # BN0 of the centre term
+    b = _pad(x2 * s0[:cr, None, None, None], pad, pad_mode)  # BN0's scale of the neighbour term
+    v = _pad(x3, pad, pad_mode).view(cm // cw, cw, n, h + 2 * pad, w + 2 * pad)
+    p = conv1x1(position_grid(h, w, x.device, dtype), pos_weight.to(dtype), pos_bias.to(dtype))
+    p_pad = _pad(p, pad, pad_mode)[0]
+    p = p[0]
+    w1 = w1.to(dtype).view(cr, cr + 2) * s3[:, None]  # BN3 folded into W1
+    w1_rel, w1_pos = w1[:, :cr], w1[:, cr:]
+    w2 = w2.to(dtype).view(cw, cr)
+    b2 = b2.to(dtype).unsqueeze(1)
+
+    acc = torch.zeros(cm // cw, cw, n, h, w, device=x.device, dtype=dtype)
+    running_max = torch.empty(0, device=x.device, dtype=dtype)
+    running_sum = torch.empty(0, device=x.device, dtype=dtype)
+    # one footprint row of work at a time, in buffers reused across rows
+    rel = torch.empty(cr, k, n, h, w, device=x.device, dtype=dtype)
+    hidden = torch.empty(cr, k * n * h * w, device=x.device, dtype=dtype)
+    logits = torch.empty(cw, k * n * h * w, device=x.device, dtype=dtype)
+    pos = torch.empty(2, k, h, w, device=x.device, dtype=dtype)
+    for kh in range(k):
+        for kw in range(k):
+            torch.sub(a, _window(b, kh, kw, h, w, 1), out=rel[:, kw])
+            torch.sub(p, _window(p_pad, kh, kw, h, w, 1), out=pos[:, kw])
+        pos_hidden = torch.addcmul(t0[cr:, None, None, None], pos, s0[cr:, None, None, None]).relu_()
+        pos_term = torch.addmm(t3.unsqueeze(1), w1_pos, pos_hidden.view(2, k * h * w)).view(cr, k, 1, h * w)
+        torch.mm(w1_rel, rel.relu_().view(cr, k * n * h * w), out=hidden)
+        hidden.view(cr, k, n, h * w).add_(pos_term).relu_()
+        torch.addmm(b2, w2, hidden, out=logits)
+        weights = logits.view(cw, k, n, h, w)
+        row_max = weights.amax(dim=1)
+        if kh == 0:
+            running_max = row_max
+            weights.sub_(running_max.unsqueeze(1)).exp_()
+            running_sum = weights.sum(dim=1)
+        else:
+            new_max = torch.maximum(running_max, row_max)
+            rescale = torch.exp(running_max - new_max)
+            running_max = new_max
+            acc.mul_(rescale)
+            weights.sub_(running_max.unsqueeze(1)).exp_()
+            running_sum = torch.addcmul(weights.sum(dim=1), running_sum, rescale)
+        for kw in range(k):
+            acc.addcmul_(_window(v, kh, kw, h, w, 1), weights[:, kw])
+    out = acc.div_(running_sum).view(cm, n, h, w)
+    return out.transpose(0, 1).contiguous()
+
+
+def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight: torch.Tensor,
+                                 bn: list[torch.Tensor | None], eps: float, kernel_size: int,
+                                 pad_mode: str) -> torch.Tensor:
+    """``conv_w[:3]`` (BN -> ReLU -> conv) of the patchwise concatenation, in eval mode, one tap at a time.
+
+    Equal to ``conv(relu(bn(cat([x1, unfold(x2)]))))`` but never builds the ``K``-times unfolded ``x2``: BN with
+    running statistics is a per-channel affine map, so each footprint tap is normalised, rectified and contracted
+    with its slice of the conv weight on a strided view. ``x1, x2: (N, C, H, W)``; ``bn``: ``[weight, bias,
+    running_mean, running_var]`` over ``C * (K + 1)`` channels; returns ``(N, hidden, L)``.
+    """
+    n, c, h, w = x1.shape
+    k2 = kernel_size * kernel_size
+    scale, shift = bn_scale_shift(bn[0], bn[1], bn[2], bn[3], eps)
+    weight = conv_weight.flatten(1)  # (hidden, C * (K + 1)); input channels [centre c] + [c * K + j]
+    w_fp = weight[:, c:].reshape(-1, c, k2)
+    s_fp, b_fp = scale[c:].view(c, k2, 1, 1, 1), shift[c:].view(c, k2, 1, 1, 1)
+    # channel-major layout (C, N, H, W): every tap then contracts in a single (hidden, C) @ (C, N*L) product
+    x1t, x2t = x1.transpose(0, 1).contiguous(), x2.transpose(0, 1).contiguous()
+    centre = torch.addcmul(shift[:c, None, None, None], x1t, scale[:c, None, None, None]).relu_()
+    out = torch.mm(weight[:, :c], centre.view(c, n * h * w))
+    w_fp = w_fp.to(out.dtype)  # under autocast `out` is bf16 and in-place ops are not cast for us
+    x2_pad = _pad(x2t, footprint_padding(kernel_size), pad_mode)
+    for j in range(k2):
+        tap = _window(x2_pad, j // kernel_size, j % kernel_size, h, w, 1)
+        tap = torch.addcmul(b_fp[:, j], tap, s_fp[:, j]).relu_()
+        out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w).to(out.dtype))
+    return out.view(-1, n, h * w).transpose(0, 1)
+
+
+# every operator is a leaf of torch.fx graphs: checks and tensor-dependent branches run when the graph runs
+for _name in ("aggregation", "aggregation_reference", "subtraction2", "subtraction2_reference", "subtraction",
+              "subtraction_reference", "unfold_footprint", "conv1x1", "conv1x1_bn_relu_eval", "position_grid",
+              "pairwise_subtraction_attention_eval", "patchwise_concat_hidden_eval"):
+    torch.fx.wrap(_name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,14 +549,6 @@ def check_attention_args(sa_type: str, relation: str | None, implementation: str
     if pad_mode not in _PAD_MODES:
         raise ValueError(f"`pad_mode` must be one of {_PAD_MODES}, got {pad_mode!r}")
     return relation or OFFICIAL_RELATIONS[sa_type]
-
-
-def position_grid(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
-    """Normalised coordinates ``(1, 2, H, W)``: channel 0 is x (``linspace(-1, 1, W)`` along width), 1 is y."""
-    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
-    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy]).unsqueeze(0)
 
 
 def relation_channels(sa_type: str, relation: str, rel_planes: int, kernel_size: int) -> int:
@@ -432,34 +584,49 @@ class SelfAttention2d(nn.Module):
 
     def __init__(self, sa_type: str, in_planes: int, rel_planes: int, out_planes: int, share_planes: int,
                  kernel_size: int = 3, relation: str | None = None, implementation: str = "fast",
-                 pad_mode: PadMode = "reflect"):
+                 pad_mode: str = "reflect", device=None, dtype=None):
         super().__init__()
         relation = check_attention_args(sa_type, relation, implementation, pad_mode)
         if out_planes % share_planes != 0:
             raise ValueError(f"`out_planes` ({out_planes}) must be divisible by `share_planes` ({share_planes})")
         _check_geometry(kernel_size, 1, 1, pad_mode)
+        dd = dict(device=device, dtype=dtype)
         self.sa_type, self.relation, self.implementation, self.pad_mode = sa_type, relation, implementation, pad_mode
-        self.kernel_size = kernel_size
+        self.kernel_size, self.rel_planes = kernel_size, rel_planes
         k2 = kernel_size * kernel_size
         cw = out_planes // share_planes
-        self.conv1 = Conv1x1(in_planes, rel_planes)
-        self.conv2 = Conv1x1(in_planes, rel_planes)
-        self.conv3 = Conv1x1(in_planes, out_planes)
+        self.conv1 = Conv1x1(in_planes, rel_planes, **dd)
+        self.conv2 = Conv1x1(in_planes, rel_planes, **dd)
+        self.conv3 = Conv1x1(in_planes, out_planes, **dd)
         c_rel = relation_channels(sa_type, relation, rel_planes, kernel_size)
         if sa_type == "pairwise":
             c_rel += 2  # position channels
             hidden, c_out = rel_planes, cw
-            self.conv_p = Conv1x1(2, 2)
+            self.conv_p = Conv1x1(2, 2, **dd)
         else:
             hidden, c_out = cw, k2 * cw
         self.conv_w = nn.Sequential(
-            nn.BatchNorm2d(c_rel), nn.ReLU(inplace=True), Conv1x1(c_rel, hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), Conv1x1(hidden, c_out),
+            nn.BatchNorm2d(c_rel, **dd), nn.ReLU(inplace=True), Conv1x1(c_rel, hidden, bias=False, **dd),
+            nn.BatchNorm2d(hidden, **dd), nn.ReLU(inplace=True), Conv1x1(hidden, c_out, **dd),
         )
 
     def extra_repr(self) -> str:
         return (f"sa_type={self.sa_type}, relation={self.relation}, kernel_size={self.kernel_size}, "
                 f"implementation={self.implementation}, pad_mode={self.pad_mode}")
+
+    def _inference_fusable(self) -> bool:
+        """Fused paths run without autograd, with both BatchNorms of ``gamma`` normalising by running statistics."""
+        bn0, bn3 = self.conv_w[0], self.conv_w[3]
+        return (self.implementation == "fast" and not torch.is_grad_enabled() and not bn0.training
+                and not bn3.training and bn0.running_var is not None and bn3.running_var is not None)
+
+    def _bn_tensors(self, first: bool) -> list[torch.Tensor | None]:
+        """``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``first``) or ``conv_w[3]``."""
+        if first:
+            bn0 = self.conv_w[0]
+            return [bn0.weight, bn0.bias, bn0.running_mean, bn0.running_var]
+        bn3 = self.conv_w[3]
+        return [bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var]
 
     def _footprint(self, t: torch.Tensor) -> torch.Tensor:
         return unfold_footprint(t, self.kernel_size, pad_mode=self.pad_mode)  # (N, C, K, L)
@@ -467,10 +634,12 @@ class SelfAttention2d(nn.Module):
     def _pairwise_relation(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``delta(phi(x_i), psi(x_j))`` as ``(N, C_rel, K, L)``."""
         if self.relation == "subtraction":
-            sub2 = subtraction2 if self.implementation == "fast" else subtraction2_reference
-            return sub2(x1, x2, self.kernel_size, pad_mode=self.pad_mode)
-        n, c = x1.shape[:2]
-        centre, nbrs = x1.reshape(n, c, 1, -1), self._footprint(x2)
+            if self.implementation == "fast":
+                return subtraction2(x1, x2, self.kernel_size, pad_mode=self.pad_mode)
+            return subtraction2_reference(x1, x2, self.kernel_size, pad_mode=self.pad_mode)
+        n, c = x1.shape[0], x1.shape[1]
+        nbrs = self._footprint(x2)
+        centre = x1.reshape(n, c, 1, -1)
         if self.relation == "summation":
             return centre + nbrs
         if self.relation == "hadamard":
@@ -481,65 +650,59 @@ class SelfAttention2d(nn.Module):
 
     def _position(self, x: torch.Tensor) -> torch.Tensor:
         """``p_i - p_j`` after the trainable linear map ``conv_p``: ``(1, 2, K, L)`` (reflection-padded like x)."""
-        p = self.conv_p(position_grid(x.shape[2], x.shape[3], device=x.device, dtype=x.dtype))
-        sub = subtraction if self.implementation == "fast" else subtraction_reference
-        return sub(p, self.kernel_size, pad_mode=self.pad_mode)
+        p = position_grid(x.shape[2], x.shape[3], x.device, x.dtype)
+        if hasattr(self, "conv_p"):
+            p = self.conv_p(p)
+        if self.implementation == "fast":
+            return subtraction(p, self.kernel_size, pad_mode=self.pad_mode)
+        return subtraction_reference(p, self.kernel_size, pad_mode=self.pad_mode)
 
     def _patchwise_relation(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``delta(x_R(i))`` as ``(N, C_rel, 1, L)``."""
-        n, c = x1.shape[:2]
+        n, c, h, w = x1.shape
         if self.relation == "concatenation":  # [phi(x_i), [psi(x_j)]_j], footprint channels ordered c * K + j
-            return torch.cat([x1.reshape(n, c, 1, -1), self._footprint(x2).reshape(n, -1, 1, x1.shape[2] * x1.shape[3])], 1)
+            return torch.cat([x1.reshape(n, c, 1, h * w), self._footprint(x2).reshape(n, -1, 1, h * w)], 1)
         if self.relation == "star_product":  # [phi(x_i)^T psi(x_j)]_j
-            rel = torch.einsum("ncl,nckl->nkl", x1.reshape(n, c, -1), self._footprint(x2))
+            rel = torch.einsum("ncl,nckl->nkl", x1.reshape(n, c, h * w), self._footprint(x2))
         else:  # clique_product: [phi(x_j)^T psi(x_k)]_{j,k}
             rel = torch.einsum("ncjl,nckl->njkl", self._footprint(x1), self._footprint(x2)).flatten(1, 2)
         return rel.unsqueeze(2)
-
-    def _patchwise_concat_hidden_eval(self, x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor,
-                                      shift: torch.Tensor) -> torch.Tensor:
-        """``conv_w[:3]`` (BN -> ReLU -> conv) of the patchwise concatenation, in eval mode, one tap at a time.
-
-        Equal to ``conv_w[2](relu(conv_w[0](cat([x1, unfold(x2)]))))`` but never builds the ``K``-times unfolded
-        ``x2``: BN with running statistics is a per-channel affine map, so each footprint tap is normalised,
-        rectified and contracted with its slice of the conv weight on a strided view. ``scale, shift``: the BN as an
-        affine map (:func:`bn_affine`). Returns ``(N, hidden, L)``.
-        """
-        n, c, h, w = x1.shape
-        k2 = self.kernel_size * self.kernel_size
-        weight = self.conv_w[2].weight.flatten(1)  # (hidden, C * (K + 1)); input channels [centre c] + [c * K + j]
-        w_fp = weight[:, c:].view(-1, c, k2)
-        s_fp, b_fp = scale[c:].view(c, k2, 1, 1), shift[c:].view(c, k2, 1, 1)
-        # channel-major layout (C, N, H, W): every tap then contracts in a single (hidden, C) @ (C, N*L) product
-        x1t, x2t = x1.transpose(0, 1).contiguous(), x2.transpose(0, 1).contiguous()
-        centre = torch.addcmul(shift[:c, None, None, None], x1t, scale[:c, None, None, None]).relu_()
-        out = torch.mm(weight[:, :c], centre.view(c, n * h * w))
-        w_fp = w_fp.to(out.dtype)  # under autocast `out` is bf16 and in-place ops are not cast for us
-        x2_pad = _pad(x2t, footprint_padding(self.kernel_size), self.pad_mode)
-        for j, (dh, dw) in enumerate(_taps(self.kernel_size, 1)):
-            tap = torch.addcmul(b_fp[:, j, None], _window(x2_pad, dh, dw, (h, w), 1), s_fp[:, j, None]).relu_()
-            out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w).to(out.dtype))
-        return out.view(-1, n, h * w).transpose(0, 1)
 
     def _patchwise_weight(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """Unnormalised patchwise weights ``(N, Cw, K, L)``."""
         n, _, h, w = x1.shape
         k2 = self.kernel_size * self.kernel_size
-        affine = bn_affine(self.conv_w[0])
-        if self.relation == "concatenation" and self.implementation == "fast" and affine is not None:
-            hidden = self._patchwise_concat_hidden_eval(x1, x2, *affine).unsqueeze(2)  # (N, hidden, 1, L)
-            return self.conv_w[3:](hidden).view(n, -1, k2, h * w)
+        if self.relation == "concatenation" and self._inference_fusable():
+            hidden = patchwise_concat_hidden_eval(x1, x2, self.conv_w[2].weight, self._bn_tensors(True),
+                                                  self.conv_w[0].eps, self.kernel_size, self.pad_mode)
+            hidden = self.conv_w[4](self.conv_w[3](hidden.unsqueeze(2)))  # (N, hidden, 1, L)
+            return self.conv_w[5](hidden).view(n, -1, k2, h * w)
         return self.conv_w(self._patchwise_relation(x1, x2)).view(n, -1, k2, h * w)
+
+    def _pairwise_fused(self, x: torch.Tensor) -> torch.Tensor:
+        qkv_weight = torch.cat([self.conv1.weight, self.conv2.weight, self.conv3.weight]).flatten(1)
+        conv1_bias, conv2_bias, conv3_bias = self.conv1.bias, self.conv2.bias, self.conv3.bias
+        assert conv1_bias is not None and conv2_bias is not None and conv3_bias is not None
+        qkv_bias = torch.cat([conv1_bias, conv2_bias, conv3_bias])
+        conv_p_bias, w2_bias = self.conv_p.bias, self.conv_w[5].bias
+        assert conv_p_bias is not None and w2_bias is not None
+        return pairwise_subtraction_attention_eval(
+            x, qkv_weight, qkv_bias, self.rel_planes, self.conv_p.weight, conv_p_bias, self._bn_tensors(True),
+            self.conv_w[0].eps, self.conv_w[2].weight, self._bn_tensors(False), self.conv_w[3].eps,
+            self.conv_w[5].weight, w2_bias, self.kernel_size, self.pad_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_planes, H, W)`` -> ``(N, out_planes, H, W)``."""
-        n = x.shape[0]
+        if hasattr(self, "conv_p"):
+            if self.relation == "subtraction" and self._inference_fusable():
+                return self._pairwise_fused(x)
         x1, x2, x3 = self.conv1(x), self.conv2(x), self.conv3(x)
         if self.sa_type == "pairwise":
             rel = self._pairwise_relation(x1, x2)
-            pos = self._position(x).expand(n, -1, -1, -1)
+            pos = self._position(x).expand(x.shape[0], -1, -1, -1)
             weight = self.conv_w(torch.cat([rel, pos], dim=1)).softmax(dim=-2)  # (N, Cw, K, L), sums to 1 over K
         else:
             weight = self._patchwise_weight(x1, x2)
-        agg = aggregation if self.implementation == "fast" else aggregation_reference
-        return agg(x3, weight, self.kernel_size, pad_mode=self.pad_mode)
+        if self.implementation == "fast":
+            return aggregation(x3, weight, self.kernel_size, pad_mode=self.pad_mode)
+        return aggregation_reference(x3, weight, self.kernel_size, pad_mode=self.pad_mode)

@@ -17,21 +17,21 @@ official key (``module.`` stripped)    relzoo timm key
 The transformers classes hold the same modules under ``san.`` (``SANModel`` is the ``san`` attribute) and call the
 head ``classifier`` instead of ``fc``. ``checkpoint_filter_fn`` accepts all three layouts.
 """
-from __future__ import annotations
-
 import re
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier
+from timm.layers import create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ..layers.san import Conv1x1, SelfAttention2d, bn_affine, check_attention_args, conv1x1, footprint_padding
+from ..layers.san import Conv1x1, SelfAttention2d, check_attention_args, conv1x1_bn_relu_eval, footprint_padding
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -41,6 +41,9 @@ SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
                 for depth, layers in SAN_LAYERS.items() for short, sa_type in (("pair", "pairwise"),
                                                                                 ("patch", "patchwise"))}
 HUB_ORG = "relzoo"
+#: Hub repos the converted official ImageNet weights will be published to (not uploaded yet, so the timm
+#: ``pretrained_cfg`` of every variant is the weightless ``.untrained`` tag and ``list_pretrained`` stays empty).
+HUB_REPOS = {variant: f"{HUB_ORG}/{variant}.in1k" for variant in SAN_VARIANTS}
 
 
 def check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths) -> None:
@@ -58,21 +61,63 @@ def min_input_size(kernels, pad_mode: str = "reflect") -> int:
     return max(need)
 
 
-class SANBlock(nn.Module):
+def check_pixel_values(x, in_chans: int, min_size: int) -> None:
+    """The input gate of every SAN: ``(N, in_chans, H, W)`` floating point with ``H, W >= min_size``.
+
+    A plain function so that ``torch.fx`` keeps it as one call in traced graphs (it runs when the graph runs) and
+    TorchScript skips it (scripted models accept what the compiled ops accept).
+    """
+    if torch.jit.is_scripting():
+        return
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor of shape (N, {in_chans}, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"`pixel_values` must be 4D (N, {in_chans}, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"`pixel_values` must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"`pixel_values` must have {in_chans} channels (in_chans), got {x.shape[1]} "
+                         f"(shape {tuple(x.shape)})")
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(
+            f"`pixel_values` spatial size {tuple(x.shape[-2:])} is too small: this SAN needs H and W of at least "
+            f"{min_size}, so that every stage's map is larger than its reflection padding")
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, 2)``; without autograd it runs as two element-wise maxima over strided views.
+
+    Same values either way. The strided form is about 6x faster on CPU for NCHW maps in inference, but its
+    backward (ties, masks) is slower than max-pool's, so training uses ``F.max_pool2d``.
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return nn.functional.max_pool2d(x, 2, 2)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+for _name in ("check_pixel_values", "max_pool_2x2", "conv1x1_bn_relu_eval"):  # torch.fx leaf functions
+    torch.fx.wrap(_name)
+
+
+class SANBlock(GradientCheckpointingLayer):
     """Pre-activation residual block (official ``Bottleneck``): ``x + conv(relu(bn2(sam(relu(bn1(x))))))``.
 
-    ``(N, C, H, W)`` -> ``(N, C, H, W)``; the attention runs at ``C // mid_reduction`` channels.
+    ``(N, C, H, W)`` -> ``(N, C, H, W)``; the attention runs at ``C // mid_reduction`` channels. A transformers
+    ``GradientCheckpointingLayer``: ``gradient_checkpointing_enable()`` checkpoints block by block.
     """
 
     def __init__(self, sa_type, channels, kernel_size, rel_reduction=16, mid_reduction=4, share_planes=8,
-                 relation=None, implementation="fast", pad_mode="reflect"):
+                 relation=None, implementation="fast", pad_mode="reflect", device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         mid = channels // mid_reduction
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn1 = nn.BatchNorm2d(channels, **dd)
         self.sam = SelfAttention2d(sa_type, channels, channels // rel_reduction, mid, share_planes, kernel_size,
-                                   relation=relation, implementation=implementation, pad_mode=pad_mode)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv = Conv1x1(mid, channels)
+                                   relation=relation, implementation=implementation, pad_mode=pad_mode, **dd)
+        self.bn2 = nn.BatchNorm2d(mid, **dd)
+        self.conv = Conv1x1(mid, channels, **dd)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,66 +127,42 @@ class SANBlock(nn.Module):
 
 
 class MaxPool2x2(nn.Module):
-    """``nn.MaxPool2d(2, 2)``; without autograd it runs as two element-wise maxima over strided views.
-
-    Same values either way. The strided form is about 6x faster on CPU for NCHW maps in inference, but its
-    backward (ties, masks) is slower than max-pool's, so training uses ``F.max_pool2d``.
-    """
+    """``nn.MaxPool2d(2, 2)`` computed by :func:`max_pool_2x2`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            return nn.functional.max_pool2d(x, 2, 2)
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
-        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+        return max_pool_2x2(x)
 
 
 class SANStem(nn.Module):
     """1x1 conv + BN + ReLU at full resolution; also the input gate that checks ``(N, in_chans, H, W)``."""
 
-    def __init__(self, in_chans: int, width: int, min_size: int):
+    def __init__(self, in_chans: int, width: int, min_size: int, device=None, dtype=None):
         super().__init__()
         self.in_chans, self.min_size = in_chans, min_size
-        self.conv = Conv1x1(in_chans, width, bias=False)
-        self.bn = nn.BatchNorm2d(width)
+        self.conv = Conv1x1(in_chans, width, bias=False, device=device, dtype=dtype)
+        self.bn = nn.BatchNorm2d(width, device=device, dtype=dtype)
         self.act = nn.ReLU(inplace=True)
 
-    def check_input(self, x) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"`pixel_values` must be a torch.Tensor of shape (N, {self.in_chans}, H, W), "
-                            f"got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"`pixel_values` must be 4D (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"`pixel_values` must be a floating-point tensor, got dtype {x.dtype}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"`pixel_values` must have {self.in_chans} channels (in_chans), got {x.shape[1]} "
-                             f"(shape {tuple(x.shape)})")
-        if min(x.shape[-2:]) < self.min_size:
-            raise ValueError(
-                f"`pixel_values` spatial size {tuple(x.shape[-2:])} is too small: this SAN needs H and W of at least "
-                f"{self.min_size}, so that every stage's map is larger than its reflection padding"
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        affine = bn_affine(self.bn)
-        if affine is None:
+        check_pixel_values(x, self.in_chans, self.min_size)
+        if self.bn.training or self.bn.running_var is None:
             return self.act(self.bn(self.conv(x)))
         # eval: fold BN into the conv, saving a full-resolution pass over the largest map of the network
-        scale, shift = affine
-        return self.act(conv1x1(x, self.conv.weight * scale.view(-1, 1, 1, 1), shift))
+        return conv1x1_bn_relu_eval(x, self.conv.weight, self.bn.weight, self.bn.bias, self.bn.running_mean,
+                                    self.bn.running_var, self.bn.eps)
 
 
 class SANStage(nn.Module):
     """2x2 max-pool -> 1x1 widening conv -> blocks -> BN -> ReLU. ``(N, C_in, H, W)`` -> ``(N, C, H/2, W/2)``."""
 
-    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, **block_kwargs):
+    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, device=None, dtype=None, **block_kwargs):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.pool = MaxPool2x2()
-        self.conv = Conv1x1(in_chs, out_chs, bias=False)
-        self.blocks = nn.Sequential(*[SANBlock(sa_type, out_chs, kernel_size, **block_kwargs) for _ in range(depth)])
-        self.norm = nn.BatchNorm2d(out_chs)
+        self.conv = Conv1x1(in_chs, out_chs, bias=False, **dd)
+        self.blocks = nn.Sequential(*[SANBlock(sa_type, out_chs, kernel_size, **block_kwargs, **dd)
+                                      for _ in range(depth)])
+        self.norm = nn.BatchNorm2d(out_chs, **dd)
         self.act = nn.ReLU(inplace=True)
         self.grad_checkpointing = False
 
@@ -163,7 +184,7 @@ class SAN(nn.Module):
         kernels: footprint side per stage.
         widths: channels per stage.
         stem_width: channels of the stem.
-        in_chans, num_classes, global_pool, drop_rate: as in timm.
+        in_chans, num_classes, global_pool, drop_rate, device, dtype: as in timm.
         relation: relation function (``None`` = the released one; others are paper-only, see ``layers.san``).
         rel_reduction, mid_reduction, share_planes: the paper's r1, r2 and weight sharing (16, 4, 8).
         implementation: ``"fast"`` (default) or ``"reference"`` (pad + unfold, slow; for checks).
@@ -175,10 +196,11 @@ class SAN(nn.Module):
     def __init__(self, sa_type="patchwise", layers=(2, 1, 2, 4, 1), kernels=(3, 7, 7, 7, 7),
                  widths=(64, 256, 512, 1024, 2048), stem_width=64, in_chans=3, num_classes=1000, global_pool="avg",
                  drop_rate=0.0, relation=None, rel_reduction=16, mid_reduction=4, share_planes=8,
-                 implementation="fast", pad_mode="reflect", **kwargs):
+                 implementation="fast", pad_mode="reflect", device=None, dtype=None, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"SAN got unexpected keyword arguments {sorted(kwargs)}")
+        dd = dict(device=device, dtype=dtype)
         layers, kernels, widths = tuple(layers), tuple(kernels), tuple(widths)
         self.arch_args = dict(sa_type=sa_type, layers=list(layers), kernels=list(kernels), widths=list(widths),
                               stem_width=stem_width, in_chans=in_chans, relation=relation,
@@ -191,20 +213,21 @@ class SAN(nn.Module):
                 if c % rel_reduction or c % mid_reduction or (c // mid_reduction) % share_planes:
                     raise ValueError(f"every entry of `{name}` must be divisible by rel_reduction ({rel_reduction}) "
                                      f"and mid_reduction * share_planes ({mid_reduction * share_planes}), got {c}")
-        self.num_classes, self.drop_rate = num_classes, drop_rate
-        self.num_features = self.head_hidden_size = widths[-1]
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.num_features = widths[-1]
         self.grad_checkpointing = False
-        self.stem = SANStem(in_chans, stem_width, min_input_size(kernels, pad_mode))
+        self.stem = SANStem(in_chans, stem_width, min_input_size(kernels, pad_mode), **dd)
         block_kwargs = dict(rel_reduction=rel_reduction, mid_reduction=mid_reduction, share_planes=share_planes,
                             relation=relation, implementation=implementation, pad_mode=pad_mode)
         stages, in_chs = [], stem_width
         self.feature_info = []
         for i, (depth, k, c) in enumerate(zip(layers, kernels, widths)):
-            stages.append(SANStage(in_chs, c, depth, k, sa_type, **block_kwargs))
+            stages.append(SANStage(in_chs, c, depth, k, sa_type, **block_kwargs, **dd))
             self.feature_info.append(dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}"))
             in_chs = c
         self.stages = nn.Sequential(*stages)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -223,9 +246,15 @@ class SAN(nn.Module):
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New head for ``num_classes`` (0: none) on the model's device and dtype; ``global_pool=None`` keeps the
+        pooling. The new modules take the model's train/eval mode."""
         self.num_classes = num_classes
         pool = global_pool if global_pool is not None else self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool,
+                                                      **get_device_dtype(self))
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -253,7 +282,8 @@ class SAN(nn.Module):
         self.stages = self.stages[: max_index + 1]
         if prune_head or max_index < len(self.feature_info) - 1:
             self.reset_classifier(0, "")
-        self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        self.num_features = self.feature_info[max_index]["num_chs"]
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,9 +346,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
 # ----------------------------------------------------------------------------------------------------------------
 # timm registration
 # ----------------------------------------------------------------------------------------------------------------
-def _cfg(variant: str, **kwargs) -> dict:
+def _cfg(**kwargs) -> dict:
     return {
-        "hf_hub_id": f"{HUB_ORG}/{variant}.in1k", "num_classes": 1000, "input_size": (3, 224, 224),
+        "num_classes": 1000, "input_size": (3, 224, 224),
         "min_input_size": (3, 128, 128), "pool_size": (7, 7), "crop_pct": 0.875, "interpolation": "bilinear",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.conv", "classifier": "fc",
         "paper_ids": "arXiv:2004.13621", "paper_name": "Exploring Self-attention for Image Recognition",
@@ -326,7 +356,11 @@ def _cfg(variant: str, **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{v}.in1k": _cfg(v) for v in SAN_VARIANTS})
+# No weights are published yet: one weightless `.untrained` tag per variant (timm's convention), so that
+# `timm.list_pretrained()` does not claim weights that no one can download. `HUB_REPOS` keeps the repo ids.
+default_cfgs = generate_default_cfgs({
+    f"{v}.untrained": _cfg(notes=(f"Weights not published yet (to come: {HUB_REPOS[v]}); convert the official "
+                                  "checkpoint with scripts/convert_san.py.",)) for v in SAN_VARIANTS})
 
 
 def _resolve_pretrained(variant: str, kwargs: dict) -> None:
@@ -336,7 +370,7 @@ def _resolve_pretrained(variant: str, kwargs: dict) -> None:
         return
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-    repo = overlay.get("hf_hub_id") or default_cfgs[variant].default.hf_hub_id
+    repo = overlay.get("hf_hub_id") or HUB_REPOS[variant]
     cached = try_to_load_from_cache(repo, "model.safetensors")
     if isinstance(cached, str):
         kwargs["pretrained_cfg_overlay"] = {**overlay, "file": cached}
@@ -441,6 +475,11 @@ class SANConfig(PreTrainedConfig):
         self.global_pool, self.drop_rate = global_pool, drop_rate
         super().__init__(**kwargs)
 
+    @property
+    def num_stages(self) -> int:
+        """Number of stages (``len(layers)``): ``output_hidden_states`` returns ``num_stages + 1`` maps."""
+        return len(self.layers)
+
     def to_timm_kwargs(self) -> dict:
         """Keyword arguments of :class:`SAN` (without `num_classes`)."""
         return dict(sa_type=self.sa_type, relation=self.relation, layers=self.layers, kernels=self.kernels,
@@ -450,7 +489,7 @@ class SANConfig(PreTrainedConfig):
                     global_pool=self.global_pool, drop_rate=self.drop_rate)
 
     @classmethod
-    def from_timm(cls, model: SAN, **kwargs) -> SANConfig:
+    def from_timm(cls, model: SAN, **kwargs) -> "SANConfig":
         """Config of a timm :class:`SAN` (architecture and `num_labels`); `kwargs` override (e.g. `id2label`)."""
         args = dict(model.arch_args)
         args["num_channels"] = args.pop("in_chans")
@@ -459,7 +498,7 @@ class SANConfig(PreTrainedConfig):
         return cls(**args, **kwargs)
 
     @classmethod
-    def from_variant(cls, variant: str, **kwargs) -> SANConfig:
+    def from_variant(cls, variant: str, **kwargs) -> "SANConfig":
         """Config of a registered variant, e.g. `SANConfig.from_variant("san10_patch", num_labels=10)`."""
         if variant not in SAN_VARIANTS:
             raise ValueError(f"`variant` must be one of {sorted(SAN_VARIANTS)}, got {variant!r}")
@@ -483,32 +522,31 @@ class SANPreTrainedModel(PreTrainedModel):
 
 class SANModel(SANPreTrainedModel):
     """SAN backbone: ``pixel_values (N, C, H, W)`` -> ``last_hidden_state (N, widths[-1], H/32, W/32)`` and
-    ``pooler_output (N, widths[-1])``; ``hidden_states`` = stem output + the 5 stage outputs."""
+    ``pooler_output (N, widths[-1])``.
+
+    ``output_hidden_states=True`` returns the stem output and the output of every stage (``len(layers) + 1`` maps,
+    ``(N, widths[i], H / 2**(i+1), W / 2**(i+1))``); an index or a list of indices (negative ones count from the
+    end) returns only those, and only those are kept in memory.
+    """
+
+    _can_record_outputs = {"hidden_states": OutputRecorder(SANStage, num_hidden_layers_key="num_stages")}
 
     def __init__(self, config: SANConfig):
         super().__init__(config)
         body = SAN(num_classes=0, **config.to_timm_kwargs())
         self.stem, self.stages = body.stem, body.stages
         self.global_pool = body.global_pool
-        self.gradient_checkpointing = False
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The stem's 1x1 convolution, the layer that embeds pixels (what ``enable_input_require_grads`` hooks)."""
+        return self.stem.conv
+
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
-        x = self.stem(pixel_values)
-        hidden_states = (x,) if output_hidden_states else None
-        for stage in self.stages:
-            if self.gradient_checkpointing and self.training:
-                x = self._gradient_checkpointing_func(stage.__call__, x)
-            else:
-                x = stage(x)
-            if output_hidden_states:
-                hidden_states += (x,)
-        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=x, pooler_output=self.global_pool(x),
-                                                        hidden_states=hidden_states)
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
+        x = self.stages(self.stem(pixel_values))  # the blocks are GradientCheckpointingLayers
+        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=x, pooler_output=self.global_pool(x))
 
 
 class SANForImageClassification(SANPreTrainedModel):
@@ -524,14 +562,14 @@ class SANForImageClassification(SANPreTrainedModel):
 
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutputWithNoAttention:
-        outputs = self.san(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+                **kwargs) -> ImageClassifierOutputWithNoAttention:
+        outputs = self.san(pixel_values, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
     @classmethod
-    def from_timm(cls, model: SAN, **config_kwargs) -> SANForImageClassification:
+    def from_timm(cls, model: SAN, **config_kwargs) -> "SANForImageClassification":
         """Exact transformers copy of a timm :class:`SAN` (weights included)."""
         hf = cls(SANConfig.from_timm(model, **config_kwargs))
         state = {("classifier." + k[3:]) if k.startswith("fc.") else f"san.{k}": v
