@@ -369,3 +369,33 @@ def test_torch_export_matches_eager(variant):
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(128, 128), (131, 137)])
+def test_banded_stem_and_fusion_switch_match_the_plain_path_fp64(hw):
+    """Inference runs the banded stem (conv + BN + ReLU + max-pool per band of rows) and the fused attention;
+    both equal the layer-by-layer computation, which set_fused_inference(False) and autograd select."""
+    from relzoo.layers import set_fused_inference
+    from relzoo.models.san import stem_eval
+
+    torch.manual_seed(0)
+    model = timm.create_model("san10_pair", num_classes=3, **TINY).double().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    stem = model.stem
+    with torch.no_grad():
+        plain_stem = stem.pool(stem.act(stem.bn(stem.conv(x))))
+        stats = [stem.bn.weight, stem.bn.bias, stem.bn.running_mean, stem.bn.running_var]
+        for band_bytes in (1, 50_000, 1 << 30):  # one row per band, a few rows, everything at once
+            torch.testing.assert_close(stem_eval(x, stem.conv.weight, stats, stem.bn.eps, band_bytes), plain_stem,
+                                       rtol=0, atol=1e-12)
+        fused = model(x)
+        unfused = set_fused_inference(model, False)(x)
+        set_fused_inference(model, True)
+    with torch.enable_grad():
+        differentiable = model(x)
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=1e-10)

@@ -7,6 +7,7 @@ from .san import (
                   aggregation,
                   aggregation_reference,
                   conv1x1,
+                  set_fused_inference,
                   subtraction,
                   subtraction2,
                   subtraction2_reference,
@@ -15,5 +16,5 @@ from .san import (
 )
 
 __all__ = ["PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "Conv1x1", "SelfAttention2d", "aggregation",
-           "aggregation_reference", "conv1x1", "subtraction", "subtraction2", "subtraction2_reference",
-           "subtraction_reference", "unfold_footprint"]
+           "aggregation_reference", "conv1x1", "set_fused_inference", "subtraction", "subtraction2",
+           "subtraction2_reference", "subtraction_reference", "unfold_footprint"]

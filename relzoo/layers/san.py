@@ -384,14 +384,6 @@ def bn_scale_shift(weight: torch.Tensor | None, bias: torch.Tensor | None, runni
     return scale, shift
 
 
-def conv1x1_bn_relu_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn_weight: torch.Tensor | None,
-                         bn_bias: torch.Tensor | None, running_mean: torch.Tensor | None,
-                         running_var: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """``relu(bn(conv1x1(x)))`` with an eval-mode BatchNorm folded into the (bias-free) convolution."""
-    scale, shift = bn_scale_shift(bn_weight, bn_bias, running_mean, running_var, eps)
-    return conv1x1(x, conv_weight * scale.view(-1, 1, 1, 1), shift).relu_()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # fused inference paths of the self-attention module
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,13 +398,15 @@ def position_grid(height: int, width: int, device: torch.device | None = None,
 
 def pairwise_subtraction_attention_eval(
     x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, rel_planes: int, pos_weight: torch.Tensor,
-    pos_bias: torch.Tensor, bn0: list[torch.Tensor | None], eps0: float, w1: torch.Tensor, bn3: list[torch.Tensor | None],
-    eps3: float, w2: torch.Tensor, b2: torch.Tensor, kernel_size: int, pad_mode: str,
+    pos_bias: torch.Tensor, bn0: list[torch.Tensor | None], eps0: float, w1: torch.Tensor,
+    bn3: list[torch.Tensor | None], eps3: float, w2: torch.Tensor, b2: torch.Tensor, kernel_size: int, pad_mode: str,
+    chunk_bytes: int = 4 << 20,
 ) -> torch.Tensor:
     """The released pairwise SAM in inference, without ever holding the ``(N, C_rel + 2, K, L)`` relation, the
     hidden ``(N, C_rel, K, L)`` activations or the ``(N, Cw, K, L)`` attention weights.
 
-    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated one footprint row (``k`` taps) at a time:
+    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated a few footprint taps at a time (at most one
+    row; the chunk holds about ``chunk_bytes`` of activations) and its logits one row at a time:
     BN0 is a per-channel affine map, so ``BN0(x1[centre] - x2[nbr])`` is ``A[centre] - B[nbr]`` with ``A, B``
     computed once; BN3 is folded into ``W1``; the position term ``W1_pos @ relu(BN0_pos(p_i - p_j))`` does not depend
     on the sample and is computed once per tap. The softmax over the footprint runs online (running maximum and sum,
@@ -425,71 +419,95 @@ def pairwise_subtraction_attention_eval(
         rel_planes: ``C_rel``.
         pos_weight, pos_bias: ``conv_p`` ``(2, 2, 1, 1)``, ``(2,)``.
         bn0, bn3: ``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``C_rel + 2``) and ``conv_w[3]``.
-        w1: ``conv_w[2].weight`` ``(C_rel, C_rel + 2, 1, 1)``; ``w2, b2``: ``conv_w[5]`` ``(Cw, C_rel, 1, 1)``, ``(Cw,)``.
+        w1: ``conv_w[2].weight`` ``(C_rel, C_rel + 2, 1, 1)``.
+        w2, b2: ``conv_w[5]`` ``(Cw, C_rel, 1, 1)`` and ``(Cw,)``.
 
     Returns:
         ``(N, C_mid, H, W)``, equal to ``aggregation(conv3(x), softmax_K(gamma([x1 - x2~, p - p~])))``.
     """
-    n, c_in, h, w = x.shape
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
     k = kernel_size
-    pad = footprint_padding(k)
-    cr = rel_planes
-    cw = w2.shape[0]
-    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1),
-                        x.reshape(n, c_in, h * w))
-    # channel-major (2 * C_rel + C_mid, N, H, W); transposing the product moves fewer channels than x has
-    qkv = qkv.transpose(0, 1).reshape(-1, n, h, w)
-    dtype = qkv.dtype  # bf16 under autocast: keep every tensor in it
-    x1, x2, x3 = qkv[:cr], qkv[cr : 2 * cr], qkv[2 * cr :]
-    cm = x3.shape[0]
+    cr, cw = rel_planes, w2.shape[0]
     s0, t0 = bn_scale_shift(bn0[0], bn0[1], bn0[2], bn0[3], eps0)
     s3, t3 = bn_scale_shift(bn3[0], bn3[1], bn3[2], bn3[3], eps3)
+    a, b, v = _pairwise_eval_inputs(x, qkv_weight, qkv_bias, cr, s0[:cr], t0[:cr], cw, kernel_size, pad_mode)
+    dtype = a.dtype  # bf16 under autocast: keep every tensor in it
     s0, t0, s3, t3 = s0.to(dtype), t0.to(dtype), s3.to(dtype), t3.to(dtype)
-    a = torch.addcmul(t0[:cr, None, None, None], x1, s0[:cr, None, None, None])  # BN0 of the centre term
-    b = _pad(x2 * s0[:cr, None, None, None], pad, pad_mode)  # BN0's scale of the neighbour term
-    v = _pad(x3, pad, pad_mode).view(cm // cw, cw, n, h + 2 * pad, w + 2 * pad)
     p = conv1x1(position_grid(h, w, x.device, dtype), pos_weight.to(dtype), pos_bias.to(dtype))
-    p_pad = _pad(p, pad, pad_mode)[0]
+    p_pad = _pad(p, footprint_padding(k), pad_mode)[0]
     p = p[0]
     w1 = w1.to(dtype).view(cr, cr + 2) * s3[:, None]  # BN3 folded into W1
     w1_rel, w1_pos = w1[:, :cr], w1[:, cr:]
     w2 = w2.to(dtype).view(cw, cr)
     b2 = b2.to(dtype).unsqueeze(1)
+    groups, cm = v.shape[0], v.shape[0] * cw
 
-    acc = torch.zeros(cm // cw, cw, n, h, w, device=x.device, dtype=dtype)
+    acc = torch.zeros(groups, cw, n, h, w, device=x.device, dtype=dtype)
     running_max = torch.empty(0, device=x.device, dtype=dtype)
     running_sum = torch.empty(0, device=x.device, dtype=dtype)
-    # one footprint row of work at a time, in buffers reused across rows
-    rel = torch.empty(cr, k, n, h, w, device=x.device, dtype=dtype)
-    hidden = torch.empty(cr, k * n * h * w, device=x.device, dtype=dtype)
-    logits = torch.empty(cw, k * n * h * w, device=x.device, dtype=dtype)
+    # The weight network runs on `chunk` taps at a time (about `chunk_bytes` of activations: one tap on large maps,
+    # a whole footprint row on small ones, where per-op overhead dominates); the softmax one row at a time.
+    nl = n * h * w
+    chunk = max(1, min(k, chunk_bytes // max(1, 2 * cr * nl * a.element_size())))
+    rel = torch.empty(chunk, cr, n, h, w, device=x.device, dtype=dtype)
+    hidden = torch.empty(chunk, cr, nl, device=x.device, dtype=dtype)
+    logits = torch.empty(k, cw, nl, device=x.device, dtype=dtype)
     pos = torch.empty(2, k, h, w, device=x.device, dtype=dtype)
+    w1_rel = w1_rel.unsqueeze(0).expand(chunk, -1, -1)
+    w2 = w2.unsqueeze(0).expand(chunk, -1, -1)
     for kh in range(k):
         for kw in range(k):
-            torch.sub(a, _window(b, kh, kw, h, w, 1), out=rel[:, kw])
             torch.sub(p, _window(p_pad, kh, kw, h, w, 1), out=pos[:, kw])
         pos_hidden = torch.addcmul(t0[cr:, None, None, None], pos, s0[cr:, None, None, None]).relu_()
         pos_term = torch.addmm(t3.unsqueeze(1), w1_pos, pos_hidden.view(2, k * h * w)).view(cr, k, 1, h * w)
-        torch.mm(w1_rel, rel.relu_().view(cr, k * n * h * w), out=hidden)
-        hidden.view(cr, k, n, h * w).add_(pos_term).relu_()
-        torch.addmm(b2, w2, hidden, out=logits)
-        weights = logits.view(cw, k, n, h, w)
-        row_max = weights.amax(dim=1)
+        pos_term = pos_term.permute(1, 0, 2, 3)  # (k, C_rel, 1, L): broadcast over the samples
+        for kw0 in range(0, k, chunk):
+            c = min(chunk, k - kw0)
+            for j in range(c):
+                torch.sub(a, _window(b, kh, kw0 + j, h, w, 1), out=rel[j])
+            rel_c = rel[:c].relu_().view(c, cr, nl)
+            hidden_c = torch.bmm(w1_rel[:c], rel_c, out=hidden[:c])
+            hidden_c.view(c, cr, n, h * w).add_(pos_term[kw0 : kw0 + c]).relu_()
+            torch.baddbmm(b2.unsqueeze(0), w2[:c], hidden_c, out=logits[kw0 : kw0 + c])
+        weights = logits.view(k, cw, n, h, w)
+        row_max = weights.amax(dim=0)
         if kh == 0:
             running_max = row_max
-            weights.sub_(running_max.unsqueeze(1)).exp_()
-            running_sum = weights.sum(dim=1)
+            weights.sub_(running_max).exp_()
+            running_sum = weights.sum(dim=0)
         else:
             new_max = torch.maximum(running_max, row_max)
             rescale = torch.exp(running_max - new_max)
             running_max = new_max
             acc.mul_(rescale)
-            weights.sub_(running_max.unsqueeze(1)).exp_()
-            running_sum = torch.addcmul(weights.sum(dim=1), running_sum, rescale)
+            weights.sub_(running_max).exp_()
+            running_sum = torch.addcmul(weights.sum(dim=0), running_sum, rescale)
         for kw in range(k):
-            acc.addcmul_(_window(v, kh, kw, h, w, 1), weights[:, kw])
-    out = acc.div_(running_sum).view(cm, n, h, w)
-    return out.transpose(0, 1).contiguous()
+            acc.addcmul_(_window(v, kh, kw, h, w, 1), weights[kw])
+    # normalise straight into an NCHW output (channel c = g * Cw + c mod Cw)
+    out = torch.empty(n, cm, h, w, device=x.device, dtype=dtype)
+    torch.div(acc, running_sum, out=out.transpose(0, 1).view(groups, cw, n, h, w))
+    return out
+
+
+def _pairwise_eval_inputs(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, cr: int,
+                          s0: torch.Tensor, t0: torch.Tensor, cw: int, kernel_size: int,
+                          pad_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Channel-major inputs of :func:`pairwise_subtraction_attention_eval`: ``A = BN0(x1)`` ``(C_rel, N, H, W)``,
+    ``B = pad(BN0 scale * x2)`` and ``V = pad(x3)`` viewed ``(C_mid / Cw, Cw, N, H~, W~)``. The ``(C, N, H, W)``
+    product of the three 1x1 convolutions is freed when this returns."""
+    n, c_in, h, w = x.shape
+    pad = footprint_padding(kernel_size)
+    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1),
+                        x.reshape(n, c_in, h * w))
+    # channel-major (2 * C_rel + C_mid, N, H, W); transposing the product moves fewer channels than x has
+    qkv = qkv.transpose(0, 1).reshape(-1, n, h, w)
+    s0, t0 = s0.to(qkv.dtype)[:, None, None, None], t0.to(qkv.dtype)[:, None, None, None]
+    a = torch.addcmul(t0, qkv[:cr], s0)  # BN0 of the centre term
+    b = _pad(qkv[cr : 2 * cr] * s0, pad, pad_mode)  # BN0's scale of the neighbour term
+    x3 = qkv[2 * cr :]
+    v = _pad(x3, pad, pad_mode).view(x3.shape[0] // cw, cw, n, h + 2 * pad, w + 2 * pad)
+    return a, b, v
 
 
 def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight: torch.Tensor,
@@ -523,7 +541,7 @@ def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight
 
 # every operator is a leaf of torch.fx graphs: checks and tensor-dependent branches run when the graph runs
 for _name in ("aggregation", "aggregation_reference", "subtraction2", "subtraction2_reference", "subtraction",
-              "subtraction_reference", "unfold_footprint", "conv1x1", "conv1x1_bn_relu_eval", "position_grid",
+              "subtraction_reference", "unfold_footprint", "conv1x1", "position_grid",
               "pairwise_subtraction_attention_eval", "patchwise_concat_hidden_eval"):
     torch.fx.wrap(_name)
 
@@ -549,6 +567,18 @@ def check_attention_args(sa_type: str, relation: str | None, implementation: str
     if pad_mode not in _PAD_MODES:
         raise ValueError(f"`pad_mode` must be one of {_PAD_MODES}, got {pad_mode!r}")
     return relation or OFFICIAL_RELATIONS[sa_type]
+
+
+def set_fused_inference(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn the fused inference paths of every :class:`SelfAttention2d` in ``model`` on (default) or off.
+
+    Off, inference runs the same tap-loop operators as training (the pre-fusion path; outputs are equal up to
+    rounding). Useful to compare speed and memory; returns ``model``.
+    """
+    for module in model.modules():
+        if isinstance(module, SelfAttention2d):
+            module.fuse_inference = enabled
+    return model
 
 
 def relation_channels(sa_type: str, relation: str, rel_planes: int, kernel_size: int) -> int:
@@ -593,6 +623,7 @@ class SelfAttention2d(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.sa_type, self.relation, self.implementation, self.pad_mode = sa_type, relation, implementation, pad_mode
         self.kernel_size, self.rel_planes = kernel_size, rel_planes
+        self.fuse_inference = True  # see set_fused_inference
         k2 = kernel_size * kernel_size
         cw = out_planes // share_planes
         self.conv1 = Conv1x1(in_planes, rel_planes, **dd)
@@ -617,8 +648,9 @@ class SelfAttention2d(nn.Module):
     def _inference_fusable(self) -> bool:
         """Fused paths run without autograd, with both BatchNorms of ``gamma`` normalising by running statistics."""
         bn0, bn3 = self.conv_w[0], self.conv_w[3]
-        return (self.implementation == "fast" and not torch.is_grad_enabled() and not bn0.training
-                and not bn3.training and bn0.running_var is not None and bn3.running_var is not None)
+        return (self.implementation == "fast" and self.fuse_inference and not torch.is_grad_enabled()
+                and not bn0.training and not bn3.training and bn0.running_var is not None
+                and bn3.running_var is not None)
 
     def _bn_tensors(self, first: bool) -> list[torch.Tensor | None]:
         """``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``first``) or ``conv_w[3]``."""

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttenti
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ..layers.san import Conv1x1, SelfAttention2d, check_attention_args, conv1x1_bn_relu_eval, footprint_padding
+from ..layers.san import Conv1x1, SelfAttention2d, bn_scale_shift, check_attention_args, conv1x1, footprint_padding
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -85,7 +85,7 @@ def check_pixel_values(x, in_chans: int, min_size: int) -> None:
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, 2)``; without autograd it runs as two element-wise maxima over strided views.
+    """``F.max_pool2d(x, 2, 2)``; without autograd it runs as element-wise maxima of the four strided views.
 
     Same values either way. The strided form is about 6x faster on CPU for NCHW maps in inference, but its
     backward (ties, masks) is slower than max-pool's, so training uses ``F.max_pool2d``.
@@ -93,11 +93,30 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and torch.is_grad_enabled():
         return nn.functional.max_pool2d(x, 2, 2)
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
-    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+    out = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+    torch.maximum(out, x[..., 1:h:2, 0:w:2], out=out)
+    return torch.maximum(out, x[..., 1:h:2, 1:w:2], out=out)
 
 
-for _name in ("check_pixel_values", "max_pool_2x2", "conv1x1_bn_relu_eval"):  # torch.fx leaf functions
+def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor | None], eps: float,
+              band_bytes: int = 8 << 20) -> torch.Tensor:
+    """The stem in inference, ``max_pool_2x2(relu(bn(conv1x1(x))))`` with BN folded into the conv, computed in bands
+    of output rows so that the full-resolution ``(N, C, H, W)`` map (the largest of the network) is never held:
+    each band of about ``band_bytes`` is convolved, rectified and pooled while it is in cache.
+    ``x: (N, C_in, H, W)`` -> ``(N, C, H // 2, W // 2)``."""
+    scale, shift = bn_scale_shift(bn[0], bn[1], bn[2], bn[3], eps)
+    weight = conv_weight * scale.view(-1, 1, 1, 1)
+    n, c_out, h, w = x.shape[0], weight.shape[0], x.shape[2] // 2, x.shape[3] // 2
+    out = torch.empty(n, c_out, h, w, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+    rows = max(1, band_bytes // max(1, n * c_out * 2 * 2 * w * out.element_size()))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        band = conv1x1(x[:, :, 2 * r0 : 2 * r1, : 2 * w].contiguous(), weight, shift).relu_()
+        out[:, :, r0:r1] = max_pool_2x2(band)
+    return out
+
+
+for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval"):  # torch.fx leaf functions
     torch.fx.wrap(_name)
 
 
@@ -134,7 +153,12 @@ class MaxPool2x2(nn.Module):
 
 
 class SANStem(nn.Module):
-    """1x1 conv + BN + ReLU at full resolution; also the input gate that checks ``(N, in_chans, H, W)``."""
+    """1x1 conv + BN + ReLU at full resolution, then the first stage's 2x2 max-pool (official ``conv_in``, ``bn_in``
+    and the ``pool`` that starts ``layer0``); also the input gate that checks ``(N, in_chans, H, W)``.
+
+    ``(N, in_chans, H, W)`` -> ``(N, width, H // 2, W // 2)``. The pool has no parameters, so holding it here changes
+    no checkpoint key and no stage output; it lets inference (:func:`stem_eval`) skip the full-resolution map.
+    """
 
     def __init__(self, in_chans: int, width: int, min_size: int, device=None, dtype=None):
         super().__init__()
@@ -142,23 +166,28 @@ class SANStem(nn.Module):
         self.conv = Conv1x1(in_chans, width, bias=False, device=device, dtype=dtype)
         self.bn = nn.BatchNorm2d(width, device=device, dtype=dtype)
         self.act = nn.ReLU(inplace=True)
+        self.pool = MaxPool2x2()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_pixel_values(x, self.in_chans, self.min_size)
-        if self.bn.training or self.bn.running_var is None:
-            return self.act(self.bn(self.conv(x)))
-        # eval: fold BN into the conv, saving a full-resolution pass over the largest map of the network
-        return conv1x1_bn_relu_eval(x, self.conv.weight, self.bn.weight, self.bn.bias, self.bn.running_mean,
-                                    self.bn.running_var, self.bn.eps)
+        if torch.is_grad_enabled() or self.bn.training or self.bn.running_var is None:
+            return self.pool(self.act(self.bn(self.conv(x))))
+        bn = self.bn
+        stats: list[torch.Tensor | None] = [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        return stem_eval(x, self.conv.weight, stats, bn.eps)
 
 
 class SANStage(nn.Module):
-    """2x2 max-pool -> 1x1 widening conv -> blocks -> BN -> ReLU. ``(N, C_in, H, W)`` -> ``(N, C, H/2, W/2)``."""
+    """2x2 max-pool -> 1x1 widening conv -> blocks -> BN -> ReLU. ``(N, C_in, H, W)`` -> ``(N, C, H/2, W/2)``.
 
-    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, device=None, dtype=None, **block_kwargs):
+    The first stage (``pool=False``) starts at the conv: the stem ends with its pool.
+    """
+
+    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, pool=True, device=None, dtype=None,
+                 **block_kwargs):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.pool = MaxPool2x2()
+        self.pool = MaxPool2x2() if pool else nn.Identity()
         self.conv = Conv1x1(in_chs, out_chs, bias=False, **dd)
         self.blocks = nn.Sequential(*[SANBlock(sa_type, out_chs, kernel_size, **block_kwargs, **dd)
                                       for _ in range(depth)])
@@ -222,7 +251,7 @@ class SAN(nn.Module):
         stages, in_chs = [], stem_width
         self.feature_info = []
         for i, (depth, k, c) in enumerate(zip(layers, kernels, widths)):
-            stages.append(SANStage(in_chs, c, depth, k, sa_type, **block_kwargs, **dd))
+            stages.append(SANStage(in_chs, c, depth, k, sa_type, pool=i > 0, **block_kwargs, **dd))
             self.feature_info.append(dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}"))
             in_chs = c
         self.stages = nn.Sequential(*stages)
@@ -524,9 +553,9 @@ class SANModel(SANPreTrainedModel):
     """SAN backbone: ``pixel_values (N, C, H, W)`` -> ``last_hidden_state (N, widths[-1], H/32, W/32)`` and
     ``pooler_output (N, widths[-1])``.
 
-    ``output_hidden_states=True`` returns the stem output and the output of every stage (``len(layers) + 1`` maps,
-    ``(N, widths[i], H / 2**(i+1), W / 2**(i+1))``); an index or a list of indices (negative ones count from the
-    end) returns only those, and only those are kept in memory.
+    ``output_hidden_states=True`` returns ``len(layers) + 1`` maps: the stem output ``(N, stem_width, H/2, W/2)``
+    (after its max-pool) and the output of every stage ``i``, ``(N, widths[i], H / 2**(i+1), W / 2**(i+1))``; an
+    index or a list of indices (negative ones count from the end) returns only those.
     """
 
     _can_record_outputs = {"hidden_states": OutputRecorder(SANStage, num_hidden_layers_key="num_stages")}

@@ -86,10 +86,11 @@ class SANPatchwiseModelTest(common.ModelTesterMixin, unittest.TestCase):
                 model = model_class(config).eval()
                 with torch.no_grad():
                     out = model(**inputs_dict, **kwargs)
-                # stem output + one map per stage, each half the size of the previous one
+                # stem output (after its 2x2 max-pool) + one map per stage, stage i at 1 / 2**(i+1)
                 self.assertEqual(len(out.hidden_states), self.model_tester.num_stages + 1)
                 sides = [t.shape[-1] for t in out.hidden_states]
-                self.assertEqual(sides, [self.model_tester.image_size // 2**i for i in range(len(sides))])
+                size = self.model_tester.image_size
+                self.assertEqual(sides, [size // 2] + [size // 2 ** (i + 1) for i in range(len(sides) - 1)])
 
     @unittest.skip(reason="checks token embeddings (nn.Embedding); SAN embeds pixels with a 1x1 convolution")
     def test_model_get_set_embeddings(self):
