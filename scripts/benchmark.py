@@ -81,19 +81,58 @@ def _sync(device):
     return (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
 
 
-def bench_models(device, repeats: int, quick: bool, batch: int, size: int) -> list[dict]:
+def bench_attention(device, repeats: int, quick: bool) -> list[dict]:
+    """Pairwise SAM inference at SAN10 stage shapes: fused path against the unfused tap-loop operators."""
+    from relzoo.layers import SelfAttention2d, set_fused_inference
+
+    shapes = [("stage1", 8, 256, 56), ("stage3", 8, 1024, 14)]  # batch 8, 224 px: (N, C, side)
+    if quick:
+        shapes = [("tiny", 1, 64, 12)]
+    rows = []
+    for name, n, c, hw in shapes:
+        sam = SelfAttention2d("pairwise", c, c // 16, c // 4, 8, 7).to(device).eval()
+        x = torch.randn(n, c, hw, hw, device=device)
+
+        def run(fused, sam=sam, x=x):
+            def call():
+                set_fused_inference(sam, fused)
+                with torch.no_grad():
+                    sam(x)
+            return call
+
+        fns = {"fused": run(True), "unfused": run(False)}
+        t = timed_medians(fns, repeats, _sync(device))
+        mem = {k: peak_memory_bytes(f) for k, f in fns.items()}
+        rows.append(dict(shape=f"{name} ({n}x{c}x{hw}x{hw}, 7x7)", fused_ms=t["fused"] * 1e3,
+                         unfused_ms=t["unfused"] * 1e3, speedup=t["unfused"] / t["fused"],
+                         fused_peak_mib=mem["fused"] / 2**20, unfused_peak_mib=mem["unfused"] / 2**20,
+                         memory_ratio=mem["unfused"] / max(mem["fused"], 1)))
+    return rows
+
+
+def bench_models(device, repeats: int, train_repeats: int, quick: bool, batch: int, size: int) -> list[dict]:
+    """Inference (``torch.no_grad``) and training steps (forward + backward + SGD step) of whole models, as ratios
+    against resnet50 (resnet26 in quick mode) measured in the same run, with peak memory of both."""
     import timm
 
     import relzoo  # noqa: F401
+    from relzoo.layers import set_fused_inference
 
-    models = [("san10_pair", {}), ("san10_patch", {}), ("san19_pair", {}), ("san19_patch", {}),
+    models = [("san10_pair", {}), ("san10_patch", {}), ("san15_pair", {}), ("san15_patch", {}), ("san19_pair", {}),
+              ("san19_patch", {}), ("san10_pair", "unfused"), ("san10_patch", "unfused"),
               ("san10_pair", {"implementation": "reference"}), ("san10_patch", {"implementation": "reference"}),
               ("resnet26", {}), ("resnet50", {})]
     if quick:
-        models = [("san10_patch", {}), ("san10_patch", {"implementation": "reference"}), ("resnet26", {})]
-    label = {i: name + (" (reference ops)" if kw else "") for i, (name, kw) in enumerate(models)}
-    built = {label[i]: timm.create_model(name, **kw).to(device).eval() for i, (name, kw) in enumerate(models)}
+        models = [("san10_pair", {}), ("san10_pair", "unfused"), ("san10_patch", {"implementation": "reference"}),
+                  ("resnet26", {})]
+    built = {}
+    for name, kw in models:
+        label = name + (" (unfused attention)" if kw == "unfused" else " (reference ops)" if kw else "")
+        model = timm.create_model(name, **(kw if isinstance(kw, dict) else {})).to(device).eval()
+        built[label] = set_fused_inference(model, kw != "unfused")
+    trains = {k for k in built if "unfused" not in k}  # training never runs the fused inference paths
     x = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, 1000, (batch,), device=device)
 
     def infer(m):
         def f():
@@ -101,41 +140,57 @@ def bench_models(device, repeats: int, quick: bool, batch: int, size: int) -> li
                 m(x)
         return f
 
-    t = timed_medians({k: infer(m) for k, m in built.items()}, repeats, _sync(device))
+    optimizers = {k: torch.optim.SGD(built[k].parameters(), lr=1e-4, momentum=0.9) for k in trains}
+
+    def train_step(k):
+        m, opt = built[k], optimizers[k]
+
+        def f():
+            m.train()
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(m(x).float(), target).backward()
+            opt.step()
+            m.eval()
+        return f
+
+    t_inf = timed_medians({k: infer(m) for k, m in built.items()}, repeats, _sync(device))
+    t_train = timed_medians({k: train_step(k) for k in built if k in trains}, train_repeats, _sync(device))
     base = "resnet50" if "resnet50" in built else "resnet26"
     rows = []
     for k, m in built.items():
-        m.train()
-
-        def step(m=m):
-            m.zero_grad(set_to_none=True)
-            m(x).float().logsumexp(-1).mean().backward()
-
-        step()
-        train_mem = peak_memory_bytes(step)
+        inf_mem = peak_memory_bytes(infer(m))
+        row = dict(model=k, params_m=sum(p.numel() for p in m.parameters()) / 1e6, images_per_s=batch / t_inf[k],
+                   vs_baseline=t_inf[base] / t_inf[k], inference_peak_mib=inf_mem / 2**20, baseline=base)
+        if k in trains:
+            row.update(train_images_per_s=batch / t_train[k], train_vs_baseline=t_train[base] / t_train[k],
+                       train_step_peak_mib=peak_memory_bytes(train_step(k)) / 2**20)
         m.zero_grad(set_to_none=True)
-        m.eval()
-        rows.append(dict(model=k, params_m=sum(p.numel() for p in m.parameters()) / 1e6, images_per_s=batch / t[k],
-                         vs_baseline=t[base] / t[k], train_step_peak_mib=train_mem / 2**20))
-    for r in rows:
-        r["baseline"] = base
+        rows.append(row)
     return rows
 
 
-def markdown(agg: list[dict], models: list[dict], meta: dict) -> str:
+def markdown(agg: list[dict], attention: list[dict], models: list[dict], meta: dict) -> str:
     lines = [f"Device: {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | "
-             f"{meta['repeats']} interleaved repeats (median)", "",
+             f"{meta['repeats']} interleaved repeats (median; training steps: {meta['train_repeats']})", "",
              "| aggregation fwd+bwd | fast ms | reference ms | speed-up | fast peak MiB | reference peak MiB | "
              "memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in agg:
         lines.append(f"| {r['shape']} | {r['fast_ms']:.1f} | {r['reference_ms']:.1f} | **{r['speedup']:.1f}x** | "
                      f"{r['fast_peak_mib']:.1f} | {r['reference_peak_mib']:.1f} | **{r['memory_ratio']:.1f}x** |")
+    lines += ["", "| pairwise attention, inference | fused ms | unfused ms | speed-up | fused peak MiB | "
+              "unfused peak MiB | memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in attention:
+        lines.append(f"| {r['shape']} | {r['fused_ms']:.1f} | {r['unfused_ms']:.1f} | **{r['speedup']:.1f}x** | "
+                     f"{r['fused_peak_mib']:.1f} | {r['unfused_peak_mib']:.1f} | **{r['memory_ratio']:.1f}x** |")
     base = models[0]["baseline"] if models else "resnet50"
     lines += ["", f"| model (batch {meta['batch']}, {meta['size']} px) | params (M) | inference img/s | vs {base} | "
-              "train-step peak MiB |", "|---|---:|---:|---:|---:|"]
+              f"inference peak MiB | train img/s | vs {base} | train-step peak MiB |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in models:
+        train = (f"{r['train_images_per_s']:.2f} | {r['train_vs_baseline']:.2f}x | {r['train_step_peak_mib']:.0f}"
+                 if "train_images_per_s" in r else "= fused | | ")
         lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['images_per_s']:.2f} | {r['vs_baseline']:.2f}x | "
-                     f"{r['train_step_peak_mib']:.0f} |")
+                     f"{r['inference_peak_mib']:.0f} | {train} |")
     return "\n".join(lines)
 
 
@@ -144,20 +199,23 @@ def main(argv=None) -> dict:
     parser.add_argument("family", choices=["san"], help="which family to benchmark")
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks the script, not the speed")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 7, quick 1)")
+    parser.add_argument("--train_repeats", type=int, default=None, help="training-step repeats (default 3, quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 7)
+    train_repeats = args.train_repeats or (1 if args.quick else 3)
     device = torch.device(args.device)
     batch, size = (1, 128) if args.quick else (8, 224)
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
                 f"CPU ({platform.processor() or platform.machine()})", torch=torch.__version__,
-                threads=torch.get_num_threads(), repeats=repeats, batch=batch, size=size)
+                threads=torch.get_num_threads(), repeats=repeats, train_repeats=train_repeats, batch=batch, size=size)
     torch.manual_seed(0)
     agg = bench_aggregation(device, repeats, args.quick)
-    models = bench_models(device, repeats, args.quick, batch, size)
-    print(markdown(agg, models, meta))
-    result = dict(meta=meta, aggregation=agg, models=models)
+    attention = bench_attention(device, repeats, args.quick)
+    models = bench_models(device, repeats, train_repeats, args.quick, batch, size)
+    print(markdown(agg, attention, models, meta))
+    result = dict(meta=meta, aggregation=agg, attention=attention, models=models)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

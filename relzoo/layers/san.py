@@ -405,12 +405,12 @@ def pairwise_subtraction_attention_eval(
     """The released pairwise SAM in inference, without ever holding the ``(N, C_rel + 2, K, L)`` relation, the
     hidden ``(N, C_rel, K, L)`` activations or the ``(N, Cw, K, L)`` attention weights.
 
-    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated a few footprint taps at a time (at most one
-    row; the chunk holds about ``chunk_bytes`` of activations) and its logits one row at a time:
+    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated a few footprint taps at a time (a chunk holds
+    about ``chunk_bytes`` of activations) and the softmax advances a footprint row (or a chunk) at a time:
     BN0 is a per-channel affine map, so ``BN0(x1[centre] - x2[nbr])`` is ``A[centre] - B[nbr]`` with ``A, B``
     computed once; BN3 is folded into ``W1``; the position term ``W1_pos @ relu(BN0_pos(p_i - p_j))`` does not depend
     on the sample and is computed once per tap. The softmax over the footprint runs online (running maximum and sum,
-    the accumulator rescaled once per row), and the aggregation is accumulated on the fly. Everything runs
+    the accumulator rescaled once per block of taps), and the aggregation is accumulated on the fly. Everything runs
     channel-major ``(C, N, H, W)`` so that every product is a single matrix multiply.
 
     Args:
@@ -445,45 +445,49 @@ def pairwise_subtraction_attention_eval(
     acc = torch.zeros(groups, cw, n, h, w, device=x.device, dtype=dtype)
     running_max = torch.empty(0, device=x.device, dtype=dtype)
     running_sum = torch.empty(0, device=x.device, dtype=dtype)
-    # The weight network runs on `chunk` taps at a time (about `chunk_bytes` of activations: one tap on large maps,
-    # a whole footprint row on small ones, where per-op overhead dominates); the softmax one row at a time.
-    nl = n * h * w
-    chunk = max(1, min(k, chunk_bytes // max(1, 2 * cr * nl * a.element_size())))
+    # The weight network runs on `chunk` taps at a time (about `chunk_bytes` of activations): one tap on large maps,
+    # the whole footprint on small ones, where per-op overhead dominates. The softmax advances one block of taps at a
+    # time: a footprint row, or the chunk when that is longer (a single exact softmax when the chunk is everything).
+    nl, k2 = n * h * w, k * k
+    chunk = max(1, min(k2, chunk_bytes // max(1, 2 * cr * nl * a.element_size())))
+    block = chunk if chunk >= k else k
     rel = torch.empty(chunk, cr, n, h, w, device=x.device, dtype=dtype)
     hidden = torch.empty(chunk, cr, nl, device=x.device, dtype=dtype)
-    logits = torch.empty(k, cw, nl, device=x.device, dtype=dtype)
-    pos = torch.empty(2, k, h, w, device=x.device, dtype=dtype)
+    logits = torch.empty(block, cw, nl, device=x.device, dtype=dtype)
+    pos = torch.empty(2, block, h, w, device=x.device, dtype=dtype)
     w1_rel = w1_rel.unsqueeze(0).expand(chunk, -1, -1)
     w2 = w2.unsqueeze(0).expand(chunk, -1, -1)
-    for kh in range(k):
-        for kw in range(k):
-            torch.sub(p, _window(p_pad, kh, kw, h, w, 1), out=pos[:, kw])
-        pos_hidden = torch.addcmul(t0[cr:, None, None, None], pos, s0[cr:, None, None, None]).relu_()
-        pos_term = torch.addmm(t3.unsqueeze(1), w1_pos, pos_hidden.view(2, k * h * w)).view(cr, k, 1, h * w)
-        pos_term = pos_term.permute(1, 0, 2, 3)  # (k, C_rel, 1, L): broadcast over the samples
-        for kw0 in range(0, k, chunk):
-            c = min(chunk, k - kw0)
-            for j in range(c):
-                torch.sub(a, _window(b, kh, kw0 + j, h, w, 1), out=rel[j])
+    for j0 in range(0, k2, block):
+        jb = min(block, k2 - j0)
+        for t in range(jb):
+            torch.sub(p, _window(p_pad, (j0 + t) // k, (j0 + t) % k, h, w, 1), out=pos[:, t])
+        pos_hidden = torch.addcmul(t0[cr:, None, None, None], pos[:, :jb], s0[cr:, None, None, None]).relu_()
+        pos_term = torch.addmm(t3.unsqueeze(1), w1_pos, pos_hidden.reshape(2, jb * h * w))
+        pos_term = pos_term.view(cr, jb, 1, h * w).permute(1, 0, 2, 3)  # (taps, C_rel, 1, L): same for all samples
+        for c0 in range(0, jb, chunk):
+            c = min(chunk, jb - c0)
+            for t in range(c):
+                j = j0 + c0 + t
+                torch.sub(a, _window(b, j // k, j % k, h, w, 1), out=rel[t])
             rel_c = rel[:c].relu_().view(c, cr, nl)
             hidden_c = torch.bmm(w1_rel[:c], rel_c, out=hidden[:c])
-            hidden_c.view(c, cr, n, h * w).add_(pos_term[kw0 : kw0 + c]).relu_()
-            torch.baddbmm(b2.unsqueeze(0), w2[:c], hidden_c, out=logits[kw0 : kw0 + c])
-        weights = logits.view(k, cw, n, h, w)
-        row_max = weights.amax(dim=0)
-        if kh == 0:
-            running_max = row_max
+            hidden_c.view(c, cr, n, h * w).add_(pos_term[c0 : c0 + c]).relu_()
+            torch.baddbmm(b2.unsqueeze(0), w2[:c], hidden_c, out=logits[c0 : c0 + c])
+        weights = logits[:jb].view(jb, cw, n, h, w)
+        block_max = weights.amax(dim=0)
+        if j0 == 0:
+            running_max = block_max
             weights.sub_(running_max).exp_()
             running_sum = weights.sum(dim=0)
         else:
-            new_max = torch.maximum(running_max, row_max)
+            new_max = torch.maximum(running_max, block_max)
             rescale = torch.exp(running_max - new_max)
             running_max = new_max
             acc.mul_(rescale)
             weights.sub_(running_max).exp_()
             running_sum = torch.addcmul(weights.sum(dim=0), running_sum, rescale)
-        for kw in range(k):
-            acc.addcmul_(_window(v, kh, kw, h, w, 1), weights[kw])
+        for t in range(jb):
+            acc.addcmul_(_window(v, (j0 + t) // k, (j0 + t) % k, h, w, 1), weights[t])
     # normalise straight into an NCHW output (channel c = g * Cw + c mod Cw)
     out = torch.empty(n, cm, h, w, device=x.device, dtype=dtype)
     torch.div(acc, running_sum, out=out.transpose(0, 1).view(groups, cw, n, h, w))
