@@ -29,6 +29,11 @@ def atomic_folder(path: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        # mkdtemp makes a private folder (0700) and some writers use private temp files (0600): give everything the
+        # permissions a plain mkdir / open would have under the user's umask
+        mask = _umask()
+        for item in [tmp, *tmp.rglob("*")]:
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -117,30 +122,94 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
     return Path(folder)
 
 
-def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir: str | os.PathLike) -> Path:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_checkpoint_safely(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+    """``torch.load(path, weights_only=True)`` with one clear error for each way a foreign file can be unusable:
+    missing, not a PyTorch file (or damaged), or holding pickled code/objects (refused, never executed)."""
+    import pickle
+    import re
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"`{what}` {str(path)!r} does not exist or is not a file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        detail = f" (it refers to {found.group(1)})" if found else ""
+        raise ValueError(f"`{what}` {str(path)!r} holds Python code or objects besides tensors{detail}; relzoo refuses "
+                         "to unpickle such files for safety. Re-save the weights as a plain state dict of tensors "
+                         "(or safetensors) where the file is trusted.") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ValueError(f"`{what}` {str(path)!r} is not a readable PyTorch checkpoint (damaged or another format: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"`{what}` {str(path)!r} must hold a dict of tensors (or {{'state_dict': ...}}), "
+                         f"got {type(raw).__name__}")
+    return raw
+
+
+def _state_mismatch(state: dict, expected: dict, original_name) -> tuple[list[str], list[str], list[str]]:
+    """Mismatched shapes, missing and unexpected keys, each named as in the user's file (``original_name``)."""
+    mismatched = [f"{original_name(k)}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
+                  for k in expected if k in state and tuple(expected[k].shape) != tuple(state[k].shape)]
+    missing = [f"{original_name(k)} {tuple(expected[k].shape)}" for k in expected if k not in state]
+    unexpected = [original_name(k) for k in state if k not in expected]
+    return mismatched, missing, unexpected
+
+
+def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir: str | os.PathLike,
+                         overwrite: bool = False) -> Path:
     """Convert an official SAN checkpoint (``{"state_dict": {"module.conv_in.weight": ...}}`` as written by the
     authors' ``train.py``, or a bare state dict) into a Hub-ready transformers folder.
 
-    The conversion is a pure renaming (see :func:`relzoo.models.san.official_to_timm_key`), loaded strictly.
+    The conversion is a pure renaming (see :func:`relzoo.models.san.official_to_timm_key`), checked strictly: a
+    mismatch raises one ``ValueError`` naming the keys as they are in the file, with expected and found shapes,
+    and the variant the file does match if there is one. An existing non-empty ``output_dir`` is replaced only
+    with ``overwrite=True``. 1000-class checkpoints get the ImageNet class names as ``id2label``.
     """
+    from timm.data import ImageNetInfo
+
+    from .models.san import timm_to_official_key
+
     if variant not in SAN_VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(SAN_VARIANTS)}, got {variant!r}")
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(raw, dict):
-        raise ValueError(f"`checkpoint` {checkpoint} does not hold a dict (got {type(raw).__name__})")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"`output` {str(output_dir)!r} exists and is not empty; pass --overwrite "
+                              "(overwrite=True) to replace it")
+    raw = load_checkpoint_safely(checkpoint)
+    original = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
+    prefix = "module." if original and all(k.startswith("module.") for k in original) else ""
     state = checkpoint_filter_fn(raw)
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"checkpoint {str(checkpoint)!r}: entries that are not tensors: {bad[:3]}")
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
+
+    def expected_state(name: str) -> dict:
+        return SAN(num_classes=num_classes, device="meta", **SAN_VARIANTS[name]).state_dict()
+
+    mismatched, missing, unexpected = _state_mismatch(state, expected_state(variant),
+                                                      lambda k: prefix + timm_to_official_key(k))
+    if mismatched or missing or unexpected:
+        parts = [f"{len(lst)} {what} ({'; '.join(lst[:3])}{'; ...' if len(lst) > 3 else ''})"
+                 for what, lst in (("with other shapes", mismatched), ("missing", missing),
+                                   ("unexpected", unexpected)) if lst]
+        matching = [v for v in sorted(SAN_VARIANTS) if v != variant and not any(_state_mismatch(
+            state, expected_state(v), str))]
+        hint = f" It matches {matching[0]}: pass --variant {matching[0]}." if matching else ""
+        raise ValueError(f"checkpoint {str(checkpoint)!r} does not match {variant}: {', '.join(parts)}.{hint}")
     model = SAN(num_classes=num_classes, **SAN_VARIANTS[variant])
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        raise ValueError(f"checkpoint {checkpoint} does not match {variant}: {len(missing)} missing (e.g. "
-                         f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(mismatched)} "
-                         f"with other shapes (e.g. {mismatched[:3]})")
     model.load_state_dict(state, strict=True)
-    return save_hub_folder(model, output_dir, class_names=[str(i) for i in range(num_classes)], image_size=224,
+    names = (ImageNetInfo("imagenet-1k").label_descriptions() if num_classes == 1000
+             else [str(i) for i in range(num_classes)])
+    return save_hub_folder(model, output_dir, class_names=names, image_size=224,
                            crop_pct=0.875, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
                            model_id=f"relzoo/{variant}.in1k",
                            dataset="imagenet-1k", license="mit",  # the official SAN release is MIT-licensed

@@ -288,6 +288,7 @@ def test_convert_official_checkpoint(tmp_path, variant):
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json",
                                                "README.md"}
     hf = SANForImageClassification.from_pretrained(out).eval()
+    assert hf.config.id2label[0] == "tench, Tinca tinca" and hf.config.label2id["goldfish, Carassius auratus"] == 1
     for k, v in src.state_dict().items():
         hf_key = "classifier." + k[3:] if k.startswith("fc.") else "san." + k
         assert torch.equal(hf.state_dict()[hf_key], v), k
@@ -301,15 +302,62 @@ def test_convert_official_checkpoint(tmp_path, variant):
     assert checkpoint_filter_fn({"state_dict": official}).keys() == src.state_dict().keys()
 
 
-def test_convert_rejects_wrong_variant(tmp_path):
+def test_convert_rejects_wrong_variant_naming_the_file_keys(tmp_path):
+    import subprocess
+    import sys
+
     from relzoo.hub import convert_official_san
 
     src = timm.create_model("san10_pair", num_classes=10)
     ckpt = tmp_path / "c.pth"
     torch.save({"state_dict": _official_state_dict(src.state_dict())}, ckpt)
-    with pytest.raises(ValueError, match="does not match san10_patch"):
+    with pytest.raises(ValueError, match="does not match san10_patch") as err:
         convert_official_san(ckpt, "san10_patch", tmp_path / "out")
+    message = str(err.value)
+    assert "module.layer0.0.sam.conv_w.0.weight: expected (40,), found (6,)" in message  # the file's own names
+    assert "unexpected (module.layer0.0.sam.conv_p.weight;" in message
+    assert "It matches san10_pair: pass --variant san10_pair." in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, "scripts/convert_san.py", "--variant", "san10_patch", "--checkpoint",
+                           str(ckpt), "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("convert_san.py: error: checkpoint") and proc.stderr.count("\n") == 1
+
+
+def test_convert_refuses_pickled_code_damaged_files_and_existing_output(tmp_path):
+    import argparse
+    import os
+
+    from relzoo.hub import convert_official_san
+
+    state = _official_state_dict(timm.create_model("san10_pair", num_classes=10).state_dict())
+    code = tmp_path / "code.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(arch="san")}, code)  # what train scripts often save
+    with pytest.raises(ValueError, match="holds Python code or objects besides tensors") as err:
+        convert_official_san(code, "san10_pair", tmp_path / "out")
+    assert "argparse.Namespace" in str(err.value) and "weights_only=False" not in str(err.value)
+    damaged = tmp_path / "damaged.pth"
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": state}, good)
+    damaged.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+        convert_official_san(damaged, "san10_pair", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        convert_official_san(tmp_path / "nope.pth", "san10_pair", tmp_path / "out")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        convert_official_san(good, "san10_pair", out)
+    assert (out / "mine.txt").read_text() == "keep me"
+    old_umask = os.umask(0o022)
+    try:
+        convert_official_san(good, "san10_pair", out, overwrite=True)
+    finally:
+        os.umask(old_umask)
+    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
 
 
 def test_variants_table_is_consistent():

@@ -352,6 +352,25 @@ def official_to_timm_key(key: str) -> str:
     return key  # fc.*
 
 
+_TIMM_TO_OFFICIAL_RULES = [
+    (re.compile(r"^stem\.conv\."), "conv_in."),
+    (re.compile(r"^stem\.bn\."), "bn_in."),
+    (re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."), r"layer\1.\2."),
+    (re.compile(r"^stages\.(\d+)\.conv\."), r"conv\1."),
+    (re.compile(r"^stages\.(\d+)\.norm\."), r"bn\1."),
+]
+
+
+def timm_to_official_key(key: str) -> str:
+    """Inverse of :func:`official_to_timm_key` (without the ``module.`` prefix): names a relzoo key the way the
+    official checkpoint does, for messages about official files."""
+    for pattern, repl in _TIMM_TO_OFFICIAL_RULES:
+        new, n = pattern.subn(repl, key)
+        if n:
+            return new
+    return key  # fc.*
+
+
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict:
     """Bring a state dict in any known layout to relzoo's timm layout.
 
