@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Side-by-side benchmarks: every number is a ratio against a reference measured in the same run.
 
-    python scripts/benchmark.py san              # the full SAN table (about 10 minutes on 2 CPU cores)
+    python scripts/benchmark.py san              # the full SAN tables (about 15 minutes on 2 CPU cores)
     python scripts/benchmark.py san --quick      # tiny shapes, to check the script itself
 
 Times are medians over interleaved repeats (candidate and reference alternate, so drift hits both alike).

@@ -14,5 +14,9 @@ def test_benchmark_quick_runs(tmp_path):
     sys.argv = ["benchmark.py", "san", "--quick", "--json", str(tmp_path / "b.json")]
     result = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"](sys.argv[1:])
     assert result["aggregation"][0]["memory_ratio"] > 1  # the reference holds the unfolded copy, the fast path does not
-    assert {r["model"] for r in result["models"]} >= {"san10_patch", "resnet26"}
+    assert result["attention"][0]["memory_ratio"] > 1  # the fused attention never holds the relation tensor
+    rows = {r["model"]: r for r in result["models"]}
+    assert set(rows) >= {"san10_pair", "san10_pair (unfused attention)", "resnet26"}
+    assert rows["san10_pair"]["train_images_per_s"] > 0 and "train_images_per_s" not in rows[
+        "san10_pair (unfused attention)"]  # training runs the same operators with or without fused inference
     assert (tmp_path / "b.json").is_file()

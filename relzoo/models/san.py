@@ -333,42 +333,40 @@ class SAN(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoint layouts
 # ----------------------------------------------------------------------------------------------------------------
-_OFFICIAL_RULES = [
-    (re.compile(r"^conv_in\."), "stem.conv."),
-    (re.compile(r"^bn_in\."), "stem.bn."),
-    (re.compile(r"^conv(\d+)\."), r"stages.\1.conv."),
-    (re.compile(r"^bn(\d+)\."), r"stages.\1.norm."),
-    (re.compile(r"^layer(\d+)\.(\d+)\."), r"stages.\1.blocks.\2."),
-]
+# official prefix <-> relzoo timm prefix; `{s}` is the stage index, `{b}` the block index
+_KEY_PREFIXES = [("conv_in.", "stem.conv."), ("bn_in.", "stem.bn."), ("layer{s}.{b}.", "stages.{s}.blocks.{b}."),
+                 ("conv{s}.", "stages.{s}.conv."), ("bn{s}.", "stages.{s}.norm.")]
 
 
-def official_to_timm_key(key: str) -> str:
-    """Rename one key of the official SAN checkpoint (``module.`` prefix optional) to relzoo's timm layout."""
-    key = key.removeprefix("module.")
-    for pattern, repl in _OFFICIAL_RULES:
+def _prefix_rules(to_timm: bool) -> list:
+    rules = []
+    for official, timm_name in _KEY_PREFIXES:
+        src, dst = (official, timm_name) if to_timm else (timm_name, official)
+        pattern = "^" + re.escape(src).replace(r"\{s\}", r"(?P<s>\d+)").replace(r"\{b\}", r"(?P<b>\d+)")
+        rules.append((re.compile(pattern), dst.replace("{s}", r"\g<s>").replace("{b}", r"\g<b>")))
+    return rules
+
+
+_TO_TIMM, _TO_OFFICIAL = _prefix_rules(True), _prefix_rules(False)
+
+
+def _rename(key: str, rules: list) -> str:
+    for pattern, repl in rules:
         new, n = pattern.subn(repl, key)
         if n:
             return new
     return key  # fc.*
 
 
-_TIMM_TO_OFFICIAL_RULES = [
-    (re.compile(r"^stem\.conv\."), "conv_in."),
-    (re.compile(r"^stem\.bn\."), "bn_in."),
-    (re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."), r"layer\1.\2."),
-    (re.compile(r"^stages\.(\d+)\.conv\."), r"conv\1."),
-    (re.compile(r"^stages\.(\d+)\.norm\."), r"bn\1."),
-]
+def official_to_timm_key(key: str) -> str:
+    """Rename one key of the official SAN checkpoint (``module.`` prefix optional) to relzoo's timm layout."""
+    return _rename(key.removeprefix("module."), _TO_TIMM)
 
 
 def timm_to_official_key(key: str) -> str:
     """Inverse of :func:`official_to_timm_key` (without the ``module.`` prefix): names a relzoo key the way the
     official checkpoint does, for messages about official files."""
-    for pattern, repl in _TIMM_TO_OFFICIAL_RULES:
-        new, n = pattern.subn(repl, key)
-        if n:
-            return new
-    return key  # fc.*
+    return _rename(key, _TO_OFFICIAL)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict:
