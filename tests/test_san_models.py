@@ -87,6 +87,9 @@ def test_features_only_over_five_stages():
     assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
     sub = timm.create_model("san10_pair", features_only=True, out_indices=(2, 4), **TINY)
     assert len(sub(torch.randn(1, 3, 128, 128))) == 2
+    fx = timm.create_model("san10_pair", features_only=True, feature_cls="fx", out_indices=(1, 3), **TINY).eval()
+    with torch.no_grad():
+        assert [o.shape[1:] for o in fx(torch.randn(1, 3, 128, 128))] == [(32, 32, 32), (64, 8, 8)]
 
 
 def test_forward_intermediates_and_pruning():
