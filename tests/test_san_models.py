@@ -158,6 +158,17 @@ def test_bad_input_errors_name_the_problem():
         model(torch.randn(1, 3, 127, 200))
     with pytest.raises(TypeError, match="torch.Tensor"):
         model([[1.0]])
+    for dtype in (torch.float64, torch.float16):  # another float dtype than the model's
+        with pytest.raises(TypeError, match=f"must have the model's dtype torch.float32, got {dtype}"):
+            model(torch.randn(1, 3, 128, 128, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 3, 128, 128)).shape == (1, 3)  # autocast mixes dtypes on purpose
+    with torch.no_grad():
+        assert model(torch.randn(0, 3, 128, 128)).shape == (0, 3)  # an empty batch is fine in inference
+    assert model(torch.randn(0, 3, 128, 128)).shape == (0, 3)
+    with pytest.raises(ValueError, match="holds no image .* training needs a batch"):
+        model.train()(torch.randn(0, 3, 128, 128))
+    model.eval()
     assert min_input_size([3, 7, 7, 7, 7]) == 128 and min_input_size([3, 7, 7, 7, 3]) == 64
     assert min_input_size([3, 7, 7, 7, 7], "zeros") == 32
     grey = timm.create_model("san10_patch", in_chans=1, num_classes=3, **TINY).eval()

@@ -80,6 +80,10 @@ def _pad(x: torch.Tensor, pad: int, pad_mode: str) -> torch.Tensor:
     """Pad the last two dims by ``pad`` on every side (reflection or zeros)."""
     if pad == 0:
         return x
+    if x.numel() == 0:  # an empty batch (F.pad's reflection refuses empty non-batch dims)
+        shape = list(x.shape)
+        shape[-2], shape[-1] = shape[-2] + 2 * pad, shape[-1] + 2 * pad
+        return x.new_zeros(shape)
     return F.pad(x, [pad, pad, pad, pad], mode="reflect" if pad_mode == "reflect" else "constant")
 
 
@@ -113,7 +117,7 @@ def _unfold(x: torch.Tensor, kernel_size: int, stride: int, dilation: int, pad_m
     n, c = x.shape[0], x.shape[1]
     cols = F.unfold(_pad(x, footprint_padding(kernel_size, dilation), pad_mode), [kernel_size, kernel_size],
                     dilation=[dilation, dilation], stride=[stride, stride])
-    return cols.view(n, c, kernel_size * kernel_size, -1)
+    return cols.view(n, c, kernel_size * kernel_size, cols.shape[-1])
 
 
 def _aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int, dilation: int,
@@ -130,7 +134,8 @@ def _aggregation_unfold(x: torch.Tensor, weight: torch.Tensor, kernel_size: int,
 def _subtraction2_unfold(a: torch.Tensor, b: torch.Tensor, kernel_size: int, stride: int, dilation: int,
                          pad_mode: str) -> torch.Tensor:
     n, c = a.shape[0], a.shape[1]
-    centre = F.unfold(a, [1, 1], stride=[stride, stride]).view(n, c, 1, -1)
+    centre = F.unfold(a, [1, 1], stride=[stride, stride])
+    centre = centre.view(n, c, 1, centre.shape[-1])
     return centre - _unfold(b, kernel_size, stride, dilation, pad_mode)
 
 
@@ -357,7 +362,7 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
         out = torch.bmm(wt, xs)
     else:
         out = torch.baddbmm(bias.view(1, -1, 1), wt, xs)
-    return out.view(n, -1, h, w)
+    return out.view(n, weight.shape[0], h, w)
 
 
 class Conv1x1(nn.Conv2d):
@@ -505,7 +510,7 @@ def _pairwise_eval_inputs(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: t
     qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1),
                         x.reshape(n, c_in, h * w))
     # channel-major (2 * C_rel + C_mid, N, H, W); transposing the product moves fewer channels than x has
-    qkv = qkv.transpose(0, 1).reshape(-1, n, h, w)
+    qkv = qkv.transpose(0, 1).reshape(qkv.shape[1], n, h, w)
     s0, t0 = s0.to(qkv.dtype)[:, None, None, None], t0.to(qkv.dtype)[:, None, None, None]
     a = torch.addcmul(t0, qkv[:cr], s0)  # BN0 of the centre term
     b = _pad(qkv[cr : 2 * cr] * s0, pad, pad_mode)  # BN0's scale of the neighbour term
@@ -540,7 +545,7 @@ def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight
         tap = _window(x2_pad, j // kernel_size, j % kernel_size, h, w, 1)
         tap = torch.addcmul(b_fp[:, j], tap, s_fp[:, j]).relu_()
         out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w).to(out.dtype))
-    return out.view(-1, n, h * w).transpose(0, 1)
+    return out.view(out.shape[0], n, h * w).transpose(0, 1)
 
 
 # every operator is a leaf of torch.fx graphs: checks and tensor-dependent branches run when the graph runs
@@ -675,7 +680,7 @@ class SelfAttention2d(nn.Module):
             return subtraction2_reference(x1, x2, self.kernel_size, pad_mode=self.pad_mode)
         n, c = x1.shape[0], x1.shape[1]
         nbrs = self._footprint(x2)
-        centre = x1.reshape(n, c, 1, -1)
+        centre = x1.reshape(n, c, 1, x1.shape[2] * x1.shape[3])
         if self.relation == "summation":
             return centre + nbrs
         if self.relation == "hadamard":
@@ -697,7 +702,8 @@ class SelfAttention2d(nn.Module):
         """``delta(x_R(i))`` as ``(N, C_rel, 1, L)``."""
         n, c, h, w = x1.shape
         if self.relation == "concatenation":  # [phi(x_i), [psi(x_j)]_j], footprint channels ordered c * K + j
-            return torch.cat([x1.reshape(n, c, 1, h * w), self._footprint(x2).reshape(n, -1, 1, h * w)], 1)
+            nbrs = self._footprint(x2)
+            return torch.cat([x1.reshape(n, c, 1, h * w), nbrs.reshape(n, c * nbrs.shape[2], 1, h * w)], 1)
         if self.relation == "star_product":  # [phi(x_i)^T psi(x_j)]_j
             rel = torch.einsum("ncl,nckl->nkl", x1.reshape(n, c, h * w), self._footprint(x2))
         else:  # clique_product: [phi(x_j)^T psi(x_k)]_{j,k}
@@ -712,8 +718,10 @@ class SelfAttention2d(nn.Module):
             hidden = patchwise_concat_hidden_eval(x1, x2, self.conv_w[2].weight, self._bn_tensors(True),
                                                   self.conv_w[0].eps, self.kernel_size, self.pad_mode)
             hidden = self.conv_w[4](self.conv_w[3](hidden.unsqueeze(2)))  # (N, hidden, 1, L)
-            return self.conv_w[5](hidden).view(n, -1, k2, h * w)
-        return self.conv_w(self._patchwise_relation(x1, x2)).view(n, -1, k2, h * w)
+            weight = self.conv_w[5](hidden)
+        else:
+            weight = self.conv_w(self._patchwise_relation(x1, x2))
+        return weight.view(n, weight.shape[1] // k2, k2, h * w)
 
     def _pairwise_fused(self, x: torch.Tensor) -> torch.Tensor:
         qkv_weight = torch.cat([self.conv1.weight, self.conv2.weight, self.conv3.weight]).flatten(1)

@@ -61,8 +61,9 @@ def min_input_size(kernels, pad_mode: str = "reflect") -> int:
     return max(need)
 
 
-def check_pixel_values(x, in_chans: int, min_size: int) -> None:
-    """The input gate of every SAN: ``(N, in_chans, H, W)`` floating point with ``H, W >= min_size``.
+def check_pixel_values(x, in_chans: int, min_size: int, dtype: torch.dtype, training: bool) -> None:
+    """The input gate of every SAN: ``(N, in_chans, H, W)`` of the model's floating-point ``dtype`` (any float dtype
+    under autocast) with ``H, W >= min_size``, and at least one image in training (BatchNorm needs a batch).
 
     A plain function so that ``torch.fx`` keeps it as one call in traced graphs (it runs when the graph runs) and
     TorchScript skips it (scripted models accept what the compiled ops accept).
@@ -75,6 +76,9 @@ def check_pixel_values(x, in_chans: int, min_size: int) -> None:
         raise ValueError(f"`pixel_values` must be 4D (N, {in_chans}, H, W), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"`pixel_values` must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"`pixel_values` must have the model's dtype {dtype}, got {x.dtype}: convert the input "
+                        f"(`pixel_values.to({dtype})`) or the model (`model.to({x.dtype})`), or run under torch.autocast")
     if x.shape[1] != in_chans:
         raise ValueError(f"`pixel_values` must have {in_chans} channels (in_chans), got {x.shape[1]} "
                          f"(shape {tuple(x.shape)})")
@@ -82,6 +86,9 @@ def check_pixel_values(x, in_chans: int, min_size: int) -> None:
         raise ValueError(
             f"`pixel_values` spatial size {tuple(x.shape[-2:])} is too small: this SAN needs H and W of at least "
             f"{min_size}, so that every stage's map is larger than its reflection padding")
+    if training and x.shape[0] == 0:
+        raise ValueError(f"`pixel_values` holds no image (shape {tuple(x.shape)}): training needs a batch of at least "
+                         "one (BatchNorm normalises with batch statistics); an empty batch is only valid in eval mode")
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +176,7 @@ class SANStem(nn.Module):
         self.pool = MaxPool2x2()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_pixel_values(x, self.in_chans, self.min_size)
+        check_pixel_values(x, self.in_chans, self.min_size, self.conv.weight.dtype, self.training)
         if torch.is_grad_enabled() or self.bn.training or self.bn.running_var is None:
             return self.pool(self.act(self.bn(self.conv(x))))
         bn = self.bn
