@@ -208,6 +208,35 @@ def test_config_validation_and_serialisation():
         SANConfig.from_variant("san11_pair")
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("layers", [2, 1, 2, 4, -1], r"`layers` must be a list of positive ints \(blocks per stage\), got \[2, 1, 2, 4, -1\]: entry 4 is -1"),
+    ("layers", [0, 0, 0, 0, 0], r"`layers` .* entry 0 is 0"),
+    ("kernels", "3,7,7,7,3", r"`kernels` must be a non-empty list of odd positive ints .* got '3,7,7,7,3' \(str\)"),
+    ("kernels", [3, 7, 6, 7, 7], r"`kernels` .* entry 2 is 6"),
+    ("widths", [64, 256, 512, 1024], r"one entry per stage"),
+    ("widths", [64, 256, 500, 1024, 2048], r"`widths` must be divisible"),
+    ("stem_width", 0, r"`stem_width` must be a positive int, got 0"),
+    ("num_channels", "3", r"`num_channels` must be a positive int, got '3' \(str\)"),
+    ("share_planes", 2.5, r"`share_planes` must be a positive int, got 2.5"),
+    ("global_pool", "median", r"`global_pool` must be one of timm's pool types .* got 'median'"),
+    ("drop_rate", 1.5, r"`drop_rate` must be a number in \[0, 1\), got 1.5"),
+    ("pad_mode", "circular", r"`pad_mode` must be one of"),
+])
+def test_bad_config_json_fails_on_load_naming_the_field(tmp_path, field, value, message):
+    from transformers import AutoModelForImageClassification
+
+    config = SANConfig(num_labels=3, **TINY).to_dict()
+    config[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        SANConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        AutoModelForImageClassification.from_pretrained(tmp_path)
+    timm_field = {"num_channels": "in_chans"}.get(field, field)
+    with pytest.raises(ValueError, match=message.replace("num_channels", timm_field)):
+        timm.create_model("san10_pair", **{**TINY, timm_field: value})
+
+
 def test_transformers_round_trip_and_auto_classes(tmp_path):
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 

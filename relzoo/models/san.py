@@ -46,12 +46,57 @@ HUB_ORG = "relzoo"
 HUB_REPOS = {variant: f"{HUB_ORG}/{variant}.in1k" for variant in SAN_VARIANTS}
 
 
-def check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths) -> None:
-    """Validation shared by :class:`SAN` and :class:`SANConfig` (raises before anything is built)."""
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value) -> int:
+    if not _int(value) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _int_list(name: str, value, what: str, odd: bool = False) -> list[int]:
+    """A non-empty list/tuple of positive (odd) ints, as a list; else a ValueError naming the field and the value."""
+    kind = "odd positive ints" if odd else "positive ints"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"`{name}` must be a non-empty list of {kind} ({what}), got {value!r} ({type(value).__name__})")
+    for i, v in enumerate(value):
+        if not _int(v) or v < 1 or (odd and v % 2 == 0):
+            raise ValueError(f"`{name}` must be a list of {kind} ({what}), got {list(value)!r}: entry {i} is {v!r}")
+    return list(value)
+
+
+def check_san_args(sa_type, relation, layers, kernels, widths, stem_width, in_chans, rel_reduction, mid_reduction,
+                   share_planes, pad_mode, implementation, global_pool, drop_rate,
+                   channels_name: str = "in_chans") -> tuple[list[int], list[int], list[int]]:
+    """Validate a whole SAN architecture (shared by :class:`SAN` and :class:`SANConfig`, so a bad ``config.json``
+    fails on load): types, lengths and ranges, each error naming the field and the value received. Returns
+    ``layers``, ``kernels`` and ``widths`` as lists."""
+    from timm.layers import SelectAdaptivePool2d
+
     check_attention_args(sa_type, relation, implementation, pad_mode)
+    layers = _int_list("layers", layers, "blocks per stage")
+    kernels = _int_list("kernels", kernels, "footprint side per stage", odd=True)
+    widths = _int_list("widths", widths, "channels per stage")
     if not (len(layers) == len(kernels) == len(widths)):
-        raise ValueError(f"`layers`, `kernels` and `widths` must have the same length, got {list(layers)}, "
-                         f"{list(kernels)} and {list(widths)}")
+        raise ValueError(f"`layers`, `kernels` and `widths` must have one entry per stage (the same length), got "
+                         f"{layers}, {kernels} and {widths}")
+    for name, value in (("stem_width", stem_width), (channels_name, in_chans), ("rel_reduction", rel_reduction),
+                        ("mid_reduction", mid_reduction), ("share_planes", share_planes)):
+        _positive_int(name, value)
+    for c in widths:
+        if c % rel_reduction or c % mid_reduction or (c // mid_reduction) % share_planes:
+            raise ValueError(f"every entry of `widths` must be divisible by rel_reduction ({rel_reduction}) and by "
+                             f"mid_reduction * share_planes ({mid_reduction * share_planes}), got {widths}")
+    try:
+        SelectAdaptivePool2d(pool_type=global_pool)
+    except Exception:
+        raise ValueError(f"`global_pool` must be one of timm's pool types ('avg', 'max', 'avgmax', 'catavgmax', "
+                         f"'' for none, ...), got {global_pool!r}") from None
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
+        raise ValueError(f"`drop_rate` must be a number in [0, 1), got {drop_rate!r}")
+    return layers, kernels, widths
 
 
 def min_input_size(kernels, pad_mode: str = "reflect") -> int:
@@ -237,18 +282,16 @@ class SAN(nn.Module):
         if kwargs:
             raise TypeError(f"SAN got unexpected keyword arguments {sorted(kwargs)}")
         dd = dict(device=device, dtype=dtype)
-        layers, kernels, widths = tuple(layers), tuple(kernels), tuple(widths)
-        self.arch_args = dict(sa_type=sa_type, layers=list(layers), kernels=list(kernels), widths=list(widths),
+        layers, kernels, widths = check_san_args(sa_type, relation, layers, kernels, widths, stem_width, in_chans,
+                                                 rel_reduction, mid_reduction, share_planes, pad_mode,
+                                                 implementation, global_pool, drop_rate)
+        if not _int(num_classes) or num_classes < 0:
+            raise ValueError(f"`num_classes` must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        self.arch_args = dict(sa_type=sa_type, layers=layers, kernels=kernels, widths=widths,
                               stem_width=stem_width, in_chans=in_chans, relation=relation,
                               rel_reduction=rel_reduction, mid_reduction=mid_reduction, share_planes=share_planes,
                               implementation=implementation, pad_mode=pad_mode, global_pool=global_pool,
                               drop_rate=drop_rate)
-        check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths)
-        for name, w in (("widths", widths), ("stem_width", (stem_width,))):
-            for c in w:
-                if c % rel_reduction or c % mid_reduction or (c // mid_reduction) % share_planes:
-                    raise ValueError(f"every entry of `{name}` must be divisible by rel_reduction ({rel_reduction}) "
-                                     f"and mid_reduction * share_planes ({mid_reduction * share_planes}), got {c}")
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.num_features = widths[-1]
         self.grad_checkpointing = False
@@ -519,9 +562,11 @@ class SANConfig(PreTrainedConfig):
                  widths=(64, 256, 512, 1024, 2048), stem_width=64, num_channels=3, rel_reduction=16,
                  mid_reduction=4, share_planes=8, pad_mode="reflect", implementation="fast", global_pool="avg",
                  drop_rate=0.0, **kwargs):
-        check_san_args(sa_type, relation, implementation, pad_mode, layers, kernels, widths)
+        layers, kernels, widths = check_san_args(sa_type, relation, layers, kernels, widths, stem_width, num_channels,
+                                                 rel_reduction, mid_reduction, share_planes, pad_mode,
+                                                 implementation, global_pool, drop_rate, channels_name="num_channels")
         self.sa_type, self.relation = sa_type, relation
-        self.layers, self.kernels, self.widths = list(layers), list(kernels), list(widths)
+        self.layers, self.kernels, self.widths = layers, kernels, widths
         self.stem_width, self.num_channels = stem_width, num_channels
         self.rel_reduction, self.mid_reduction, self.share_planes = rel_reduction, mid_reduction, share_planes
         self.pad_mode, self.implementation = pad_mode, implementation
