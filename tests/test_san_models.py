@@ -124,6 +124,32 @@ def test_grad_checkpointing_gives_same_gradients():
         torch.testing.assert_close(pa.grad, pb.grad, msg=name, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["timm", "transformers-reentrant", "transformers-non-reentrant"])
+def test_checkpointed_training_leaves_the_same_batchnorm_statistics_and_gradients(how):
+    """The recomputation in backward must not count the batch again in BatchNorm's running statistics."""
+    x, labels = torch.randn(2, 3, 128, 128), torch.tensor([0, 2])
+
+    def build():
+        torch.manual_seed(0)
+        return SANForImageClassification(SANConfig(sa_type="pairwise", num_labels=3, **TINY)).train()
+
+    plain, checkpointed = build(), build()
+    if how == "timm":
+        plain, checkpointed = plain.to_timm().train(), checkpointed.to_timm().train()
+        checkpointed.set_grad_checkpointing(True)
+    else:
+        checkpointed.gradient_checkpointing_enable({"use_reentrant": how == "transformers-reentrant"})
+    for _ in range(2):  # two steps: statistics and momentum must be back in place after each recomputation
+        for model in (plain, checkpointed):
+            out = model(x) if how == "timm" else model(x, labels=labels).logits
+            torch.nn.functional.cross_entropy(out, labels).backward()
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), name  # num_batches_tracked 2, not 4; running means moved twice, not four times
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert {m.momentum for m in checkpointed.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
 @pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
 @pytest.mark.parametrize("training", [True, False])
 def test_model_fast_equals_reference_fp64(variant, training):

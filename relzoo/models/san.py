@@ -22,9 +22,10 @@ import re
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
@@ -32,6 +33,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..layers.san import Conv1x1, SelfAttention2d, bn_scale_shift, check_attention_args, conv1x1, footprint_padding
+from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -250,7 +252,7 @@ class SANStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(self.pool(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
+            x = checkpoint_modules(self.blocks, x)  # BatchNorm statistics updated once, as without it
         else:
             x = self.blocks(x)
         return self.act(self.norm(x))
@@ -610,6 +612,13 @@ class SANPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["SANBlock"]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=torch_checkpoint,
+                                    every_n_layers: int = 1) -> None:
+        """transformers' switch for activation checkpointing, with recomputations that leave the BatchNorm
+        statistics as training without checkpointing would (see :mod:`relzoo.models.checkpointing`)."""
+        super()._set_gradient_checkpointing(enable, batchnorm_safe_checkpoint_func(gradient_checkpointing_func, self),
+                                            every_n_layers)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
