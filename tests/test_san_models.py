@@ -516,3 +516,45 @@ def test_banded_stem_and_fusion_switch_match_the_plain_path_fp64(hw):
         differentiable = model(x)
     torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-10)
     torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+def test_torch_jit_trace_matches_eager(variant, tmp_path):
+    import warnings
+
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=3, **TINY).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape-derived Python ints (a trace fixes shapes)
+        torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "t.pt"))
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "t.pt"))(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["san10_pair", "san10_patch"])
+def test_torch_compile_fullgraph_matches_eager(variant):
+    """The operators are opaque custom ops: the whole model compiles as one graph (no breaks, no unrolled tap
+    loops), in inference and in training, and gives eager's outputs and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=3, dtype=torch.float64, **TINY)  # fp64: fusion reorders sums
+    with torch.no_grad():  # away from initialisation, where the centre tap's position difference (exactly 0) puts
+        for m in model.modules():  # BN outputs at ReLU's kink and compiled/eager rounding picks either subgradient
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 128, 128, dtype=torch.float64)
+    compiled = torch.compile(model, fullgraph=True)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-9, atol=1e-10)
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.load_state_dict(state)  # same BatchNorm statistics for the eager step
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-7, atol=1e-9, msg=n)

@@ -180,48 +180,70 @@ def aggregation_reference(x: torch.Tensor, weight: torch.Tensor, kernel_size: in
     return _aggregation_unfold(x, weight, kernel_size, stride, dilation, pad_mode)
 
 
-class _AggregationFunction(torch.autograd.Function):
+def _aggregation_forward(x_pad: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                         ho: int, wo: int) -> torch.Tensor:
     """Tap-loop aggregation on an already padded input (padding is differentiated by autograd outside)."""
+    n, c, hp, wp = x_pad.shape
+    cw = weight.shape[1]
+    xg = x_pad.view(n, c // cw, cw, hp, wp)  # channel c = g * Cw + (c mod Cw)
+    wg = weight.view(n, 1, cw, kernel_size * kernel_size, ho, wo)
+    out = x_pad.new_zeros(n, c // cw, cw, ho, wo)
+    for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
+        out.addcmul_(_window(xg, dh, dw, ho, wo, stride), wg[:, :, :, j])
+    return out.view(n, c, ho, wo)
 
-    @staticmethod
-    def forward(ctx, x_pad, weight, kernel_size, stride, dilation, out_hw):
-        n, c, hp, wp = x_pad.shape
-        cw = weight.shape[1]
-        ho, wo = out_hw
-        xg = x_pad.view(n, c // cw, cw, hp, wp)  # channel c = g * Cw + (c mod Cw)
-        wg = weight.view(n, 1, cw, kernel_size * kernel_size, ho, wo)
-        out = x_pad.new_zeros(n, c // cw, cw, ho, wo)
-        for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-            out.addcmul_(_window(xg, dh, dw, ho, wo, stride), wg[:, :, :, j])
-        ctx.save_for_backward(x_pad, weight)
-        ctx.geometry = (kernel_size, stride, dilation, out_hw)
-        return out.view(n, c, ho, wo)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x_pad, weight = ctx.saved_tensors
-        kernel_size, stride, dilation, (ho, wo) = ctx.geometry
-        n, c, hp, wp = x_pad.shape
-        cw = weight.shape[1]
-        go = grad_out.contiguous().view(n, c // cw, cw, ho, wo)
-        wg = weight.view(n, 1, cw, kernel_size * kernel_size, ho, wo)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = x_pad.new_zeros(n, c // cw, cw, hp, wp)
-        if ctx.needs_input_grad[1]:
-            grad_w = weight.new_empty(n, cw, kernel_size * kernel_size, ho, wo)
-        xg = x_pad.view(n, c // cw, cw, hp, wp)
-        for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-            if grad_x is not None:
-                _window(grad_x, dh, dw, ho, wo, stride).addcmul_(go, wg[:, :, :, j])
-            if grad_w is not None:
-                torch.sum(go * _window(xg, dh, dw, ho, wo, stride), dim=1, out=grad_w[:, :, j])
-        if grad_x is not None:
-            grad_x = grad_x.view(n, c, hp, wp)
-        if grad_w is not None:
-            grad_w = grad_w.view(weight.shape)
-        return grad_x, grad_w, None, None, None, None
+def _aggregation_backward(grad_out: torch.Tensor, x_pad: torch.Tensor, weight: torch.Tensor, kernel_size: int,
+                          stride: int, dilation: int, ho: int, wo: int, need_x: bool,
+                          need_w: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_aggregation_forward` for ``x_pad`` and ``weight`` (empty tensors where not needed)."""
+    n, c, hp, wp = x_pad.shape
+    cw = weight.shape[1]
+    go = grad_out.contiguous().view(n, c // cw, cw, ho, wo)
+    wg = weight.view(n, 1, cw, kernel_size * kernel_size, ho, wo)
+    grad_x = x_pad.new_zeros(n, c // cw, cw, hp, wp) if need_x else x_pad.new_empty(0)
+    grad_w = weight.new_empty(n, cw, kernel_size * kernel_size, ho, wo) if need_w else weight.new_empty(0)
+    xg = x_pad.view(n, c // cw, cw, hp, wp)
+    for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
+        if need_x:
+            _window(grad_x, dh, dw, ho, wo, stride).addcmul_(go, wg[:, :, :, j])
+        if need_w:
+            torch.sum(go * _window(xg, dh, dw, ho, wo, stride), dim=1, out=grad_w[:, :, j])
+    return (grad_x.view(n, c, hp, wp) if need_x else grad_x), (grad_w.view(weight.shape) if need_w else grad_w)
+
+
+# torch.library custom operators: torch.compile, torch.export and jit.trace see one opaque node per call instead of
+# unrolling the tap loops (which made compiling a SAN take minutes); shape functions keep them traceable.
+_aggregation_op = torch.library.custom_op("relzoo::san_aggregation", _aggregation_forward, mutates_args=())
+_aggregation_backward_op = torch.library.custom_op("relzoo::san_aggregation_backward", _aggregation_backward,
+                                                   mutates_args=())
+
+
+@_aggregation_op.register_fake
+def _(x_pad, weight, kernel_size, stride, dilation, ho, wo):
+    return x_pad.new_empty(x_pad.shape[0], x_pad.shape[1], ho, wo)
+
+
+@_aggregation_backward_op.register_fake
+def _(grad_out, x_pad, weight, kernel_size, stride, dilation, ho, wo, need_x, need_w):
+    return (x_pad.new_empty(x_pad.shape) if need_x else x_pad.new_empty(0),
+            weight.new_empty(weight.shape) if need_w else weight.new_empty(0))
+
+
+def _aggregation_setup_context(ctx, inputs, output):
+    x_pad, weight, kernel_size, stride, dilation, ho, wo = inputs
+    ctx.save_for_backward(x_pad, weight)
+    ctx.geometry = (kernel_size, stride, dilation, ho, wo)
+
+
+def _aggregation_grad(ctx, grad_out):
+    x_pad, weight = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_x, grad_w = _aggregation_backward_op(grad_out, x_pad, weight, *ctx.geometry, need_x, need_w)
+    return (grad_x if need_x else None), (grad_w if need_w else None), None, None, None, None, None
+
+
+_aggregation_op.register_autograd(_aggregation_grad, setup_context=_aggregation_setup_context)
 
 
 def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -245,7 +267,7 @@ def aggregation(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, stride:
     ho, wo = _check_aggregation(x, weight, kernel_size, stride, dilation, pad_mode)
     x, weight = _common_dtype(x, weight)
     x_pad = _pad(x, footprint_padding(kernel_size, dilation), pad_mode).contiguous()
-    return _AggregationFunction.apply(x_pad, weight.contiguous(), kernel_size, stride, dilation, (ho, wo))
+    return _aggregation_op(x_pad, weight.contiguous(), kernel_size, stride, dilation, ho, wo)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,35 +293,62 @@ def subtraction2_reference(a: torch.Tensor, b: torch.Tensor, kernel_size: int, s
     return _subtraction2_unfold(a, b, kernel_size, stride, dilation, pad_mode)
 
 
-class _Subtraction2Function(torch.autograd.Function):
+def _subtraction2_forward(a: torch.Tensor, b_pad: torch.Tensor, kernel_size: int, stride: int, dilation: int,
+                          ho: int, wo: int) -> torch.Tensor:
     """Tap-loop subtraction on an already padded ``b``; writes straight into the ``(N, C, K, L)`` output."""
+    n, c = a.shape[0], a.shape[1]
+    centre = _window(a, 0, 0, ho, wo, stride)
+    out = a.new_empty(n, c, kernel_size * kernel_size, ho, wo)
+    for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
+        torch.sub(centre, _window(b_pad, dh, dw, ho, wo, stride), out=out[:, :, j])
+    return out.view(n, c, kernel_size * kernel_size, ho * wo)
 
-    @staticmethod
-    def forward(ctx, a, b_pad, kernel_size, stride, dilation, out_hw):
-        n, c = a.shape[:2]
-        ho, wo = out_hw
-        centre = _window(a, 0, 0, ho, wo, stride)
-        out = a.new_empty(n, c, kernel_size * kernel_size, ho, wo)
+
+def _subtraction2_backward(grad_out: torch.Tensor, a_shape: list[int], b_shape: list[int], kernel_size: int,
+                           stride: int, dilation: int, ho: int, wo: int, need_a: bool,
+                           need_b: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_subtraction2_forward` for ``a`` and ``b_pad`` (empty tensors where not needed)."""
+    n, c = a_shape[0], a_shape[1]
+    g = grad_out.reshape(n, c, kernel_size * kernel_size, ho, wo)
+    grad_a = grad_out.new_zeros(a_shape) if need_a else grad_out.new_empty(0)
+    grad_b = grad_out.new_zeros(b_shape) if need_b else grad_out.new_empty(0)
+    if need_a:
+        _window(grad_a, 0, 0, ho, wo, stride).copy_(g.sum(dim=2))
+    if need_b:
         for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-            torch.sub(centre, _window(b_pad, dh, dw, ho, wo, stride), out=out[:, :, j])
-        ctx.geometry = (kernel_size, stride, dilation, out_hw, tuple(a.shape), tuple(b_pad.shape))
-        return out.view(n, c, kernel_size * kernel_size, ho * wo)
+            _window(grad_b, dh, dw, ho, wo, stride).sub_(g[:, :, j])
+    return grad_a, grad_b
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        kernel_size, stride, dilation, (ho, wo), a_shape, b_shape = ctx.geometry
-        n, c = a_shape[:2]
-        g = grad_out.view(n, c, kernel_size * kernel_size, ho, wo)
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_a = grad_out.new_zeros(a_shape)
-            _window(grad_a, 0, 0, ho, wo, stride).copy_(g.sum(dim=2))
-        if ctx.needs_input_grad[1]:
-            grad_b = grad_out.new_zeros(b_shape)
-            for j, (dh, dw) in enumerate(_taps(kernel_size, dilation)):
-                _window(grad_b, dh, dw, ho, wo, stride).sub_(g[:, :, j])
-        return grad_a, grad_b, None, None, None, None
+
+_subtraction2_op = torch.library.custom_op("relzoo::san_subtraction2", _subtraction2_forward, mutates_args=())
+_subtraction2_backward_op = torch.library.custom_op("relzoo::san_subtraction2_backward", _subtraction2_backward,
+                                                    mutates_args=())
+
+
+@_subtraction2_op.register_fake
+def _(a, b_pad, kernel_size, stride, dilation, ho, wo):
+    return a.new_empty(a.shape[0], a.shape[1], kernel_size * kernel_size, ho * wo)
+
+
+@_subtraction2_backward_op.register_fake
+def _(grad_out, a_shape, b_shape, kernel_size, stride, dilation, ho, wo, need_a, need_b):
+    return (grad_out.new_empty(a_shape) if need_a else grad_out.new_empty(0),
+            grad_out.new_empty(b_shape) if need_b else grad_out.new_empty(0))
+
+
+def _subtraction2_setup_context(ctx, inputs, output):
+    a, b_pad, kernel_size, stride, dilation, ho, wo = inputs
+    ctx.shapes = (list(a.shape), list(b_pad.shape))  # the backward needs shapes only: no tensor is kept alive
+    ctx.geometry = (kernel_size, stride, dilation, ho, wo)
+
+
+def _subtraction2_grad(ctx, grad_out):
+    need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_a, grad_b = _subtraction2_backward_op(grad_out, *ctx.shapes, *ctx.geometry, need_a, need_b)
+    return (grad_a if need_a else None), (grad_b if need_b else None), None, None, None, None, None
+
+
+_subtraction2_op.register_autograd(_subtraction2_grad, setup_context=_subtraction2_setup_context)
 
 
 def subtraction2(a: torch.Tensor, b: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -316,8 +365,8 @@ def subtraction2(a: torch.Tensor, b: torch.Tensor, kernel_size: int, stride: int
         return _subtraction2_unfold(a, b.to(a.dtype), kernel_size, stride, dilation, pad_mode)
     ho, wo = _check_subtraction(a, b, kernel_size, stride, dilation, pad_mode)
     a, b = _common_dtype(a, b)
-    b_pad = _pad(b, footprint_padding(kernel_size, dilation), pad_mode)
-    return _Subtraction2Function.apply(a, b_pad, kernel_size, stride, dilation, (ho, wo))
+    b_pad = _pad(b, footprint_padding(kernel_size, dilation), pad_mode).contiguous()
+    return _subtraction2_op(a.contiguous(), b_pad, kernel_size, stride, dilation, ho, wo)
 
 
 def subtraction_reference(p: torch.Tensor, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -401,35 +450,13 @@ def position_grid(height: int, width: int, device: torch.device | None = None,
     return torch.stack([gx, gy]).unsqueeze(0)
 
 
-def pairwise_subtraction_attention_eval(
+def _pairwise_attention_eval(
     x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, rel_planes: int, pos_weight: torch.Tensor,
-    pos_bias: torch.Tensor, bn0: list[torch.Tensor | None], eps0: float, w1: torch.Tensor,
-    bn3: list[torch.Tensor | None], eps3: float, w2: torch.Tensor, b2: torch.Tensor, kernel_size: int, pad_mode: str,
+    pos_bias: torch.Tensor, bn0: list[torch.Tensor], eps0: float, w1: torch.Tensor,
+    bn3: list[torch.Tensor], eps3: float, w2: torch.Tensor, b2: torch.Tensor, kernel_size: int, pad_mode: str,
     chunk_bytes: int = 4 << 20,
 ) -> torch.Tensor:
-    """The released pairwise SAM in inference, without ever holding the ``(N, C_rel + 2, K, L)`` relation, the
-    hidden ``(N, C_rel, K, L)`` activations or the ``(N, Cw, K, L)`` attention weights.
-
-    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated a few footprint taps at a time (a chunk holds
-    about ``chunk_bytes`` of activations) and the softmax advances a footprint row (or a chunk) at a time:
-    BN0 is a per-channel affine map, so ``BN0(x1[centre] - x2[nbr])`` is ``A[centre] - B[nbr]`` with ``A, B``
-    computed once; BN3 is folded into ``W1``; the position term ``W1_pos @ relu(BN0_pos(p_i - p_j))`` does not depend
-    on the sample and is computed once per tap. The softmax over the footprint runs online (running maximum and sum,
-    the accumulator rescaled once per block of taps), and the aggregation is accumulated on the fly. Everything runs
-    channel-major ``(C, N, H, W)`` so that every product is a single matrix multiply.
-
-    Args:
-        x: block input ``(N, C_in, H, W)``.
-        qkv_weight, qkv_bias: ``conv1``, ``conv2``, ``conv3`` (1x1) stacked: ``(2 * C_rel + C_mid, C_in)``, ``(.., )``.
-        rel_planes: ``C_rel``.
-        pos_weight, pos_bias: ``conv_p`` ``(2, 2, 1, 1)``, ``(2,)``.
-        bn0, bn3: ``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``C_rel + 2``) and ``conv_w[3]``.
-        w1: ``conv_w[2].weight`` ``(C_rel, C_rel + 2, 1, 1)``.
-        w2, b2: ``conv_w[5]`` ``(Cw, C_rel, 1, 1)`` and ``(Cw,)``.
-
-    Returns:
-        ``(N, C_mid, H, W)``, equal to ``aggregation(conv3(x), softmax_K(gamma([x1 - x2~, p - p~])))``.
-    """
+    """Implementation of :func:`pairwise_subtraction_attention_eval` (plain torch; TorchScript compiles it)."""
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
     k = kernel_size
     cr, cw = rel_planes, w2.shape[0]
@@ -499,6 +526,42 @@ def pairwise_subtraction_attention_eval(
     return out
 
 
+def pairwise_subtraction_attention_eval(
+    x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, rel_planes: int, pos_weight: torch.Tensor,
+    pos_bias: torch.Tensor, bn0: list[torch.Tensor], eps0: float, w1: torch.Tensor,
+    bn3: list[torch.Tensor], eps3: float, w2: torch.Tensor, b2: torch.Tensor, kernel_size: int, pad_mode: str,
+    chunk_bytes: int = 4 << 20,
+) -> torch.Tensor:
+    """The released pairwise SAM in inference, without ever holding the ``(N, C_rel + 2, K, L)`` relation, the
+    hidden ``(N, C_rel, K, L)`` activations or the ``(N, Cw, K, L)`` attention weights.
+
+    ``gamma = BN0 -> ReLU -> W1 -> BN3 -> ReLU -> W2 + b2`` is evaluated a few footprint taps at a time (a chunk holds
+    about ``chunk_bytes`` of activations) and the softmax advances a footprint row (or a chunk) at a time:
+    BN0 is a per-channel affine map, so ``BN0(x1[centre] - x2[nbr])`` is ``A[centre] - B[nbr]`` with ``A, B``
+    computed once; BN3 is folded into ``W1``; the position term ``W1_pos @ relu(BN0_pos(p_i - p_j))`` does not depend
+    on the sample and is computed once per tap. The softmax over the footprint runs online (running maximum and sum,
+    the accumulator rescaled once per block of taps), and the aggregation is accumulated on the fly. Everything runs
+    channel-major ``(C, N, H, W)`` so that every product is a single matrix multiply.
+
+    Args:
+        x: block input ``(N, C_in, H, W)``.
+        qkv_weight, qkv_bias: ``conv1``, ``conv2``, ``conv3`` (1x1) stacked: ``(2 * C_rel + C_mid, C_in)``, ``(.., )``.
+        rel_planes: ``C_rel``.
+        pos_weight, pos_bias: ``conv_p`` ``(2, 2, 1, 1)``, ``(2,)``.
+        bn0, bn3: ``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``C_rel + 2``) and ``conv_w[3]``.
+        w1: ``conv_w[2].weight`` ``(C_rel, C_rel + 2, 1, 1)``.
+        w2, b2: ``conv_w[5]`` ``(Cw, C_rel, 1, 1)`` and ``(Cw,)``.
+
+    Returns:
+        ``(N, C_mid, H, W)``, equal to ``aggregation(conv3(x), softmax_K(gamma([x1 - x2~, p - p~])))``.
+    """
+    args = (x, qkv_weight, qkv_bias, rel_planes, pos_weight, pos_bias, bn0, eps0, w1, bn3, eps3, w2, b2, kernel_size,
+            pad_mode, chunk_bytes)
+    if torch.jit.is_scripting():
+        return _pairwise_attention_eval(*args)
+    return _pairwise_attention_eval_op(*args)
+
+
 def _pairwise_eval_inputs(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, cr: int,
                           s0: torch.Tensor, t0: torch.Tensor, cw: int, kernel_size: int,
                           pad_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -519,16 +582,9 @@ def _pairwise_eval_inputs(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: t
     return a, b, v
 
 
-def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight: torch.Tensor,
-                                 bn: list[torch.Tensor | None], eps: float, kernel_size: int,
-                                 pad_mode: str) -> torch.Tensor:
-    """``conv_w[:3]`` (BN -> ReLU -> conv) of the patchwise concatenation, in eval mode, one tap at a time.
-
-    Equal to ``conv(relu(bn(cat([x1, unfold(x2)]))))`` but never builds the ``K``-times unfolded ``x2``: BN with
-    running statistics is a per-channel affine map, so each footprint tap is normalised, rectified and contracted
-    with its slice of the conv weight on a strided view. ``x1, x2: (N, C, H, W)``; ``bn``: ``[weight, bias,
-    running_mean, running_var]`` over ``C * (K + 1)`` channels; returns ``(N, hidden, L)``.
-    """
+def _patchwise_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight: torch.Tensor,
+                           bn: list[torch.Tensor], eps: float, kernel_size: int, pad_mode: str) -> torch.Tensor:
+    """Implementation of :func:`patchwise_concat_hidden_eval` (plain torch; TorchScript compiles it)."""
     n, c, h, w = x1.shape
     k2 = kernel_size * kernel_size
     scale, shift = bn_scale_shift(bn[0], bn[1], bn[2], bn[3], eps)
@@ -545,7 +601,39 @@ def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight
         tap = _window(x2_pad, j // kernel_size, j % kernel_size, h, w, 1)
         tap = torch.addcmul(b_fp[:, j], tap, s_fp[:, j]).relu_()
         out.addmm_(w_fp[:, :, j], tap.reshape(c, n * h * w).to(out.dtype))
-    return out.view(out.shape[0], n, h * w).transpose(0, 1)
+    return out.view(out.shape[0], n, h * w).transpose(0, 1).contiguous()
+
+
+def patchwise_concat_hidden_eval(x1: torch.Tensor, x2: torch.Tensor, conv_weight: torch.Tensor,
+                                 bn: list[torch.Tensor], eps: float, kernel_size: int,
+                                 pad_mode: str) -> torch.Tensor:
+    """``conv_w[:3]`` (BN -> ReLU -> conv) of the patchwise concatenation, in eval mode, one tap at a time.
+
+    Equal to ``conv(relu(bn(cat([x1, unfold(x2)]))))`` but never builds the ``K``-times unfolded ``x2``: BN with
+    running statistics is a per-channel affine map, so each footprint tap is normalised, rectified and contracted
+    with its slice of the conv weight on a strided view. ``x1, x2: (N, C, H, W)``; ``bn``: ``[weight, bias,
+    running_mean, running_var]`` over ``C * (K + 1)`` channels; returns ``(N, hidden, L)``.
+    """
+    if torch.jit.is_scripting():
+        return _patchwise_hidden_eval(x1, x2, conv_weight, bn, eps, kernel_size, pad_mode)
+    return _patchwise_hidden_eval_op(x1, x2, conv_weight, bn, eps, kernel_size, pad_mode)
+
+
+_pairwise_attention_eval_op = torch.library.custom_op("relzoo::san_pairwise_attention_eval", _pairwise_attention_eval,
+                                                      mutates_args=())
+_patchwise_hidden_eval_op = torch.library.custom_op("relzoo::san_patchwise_hidden_eval", _patchwise_hidden_eval,
+                                                    mutates_args=())
+
+
+@_pairwise_attention_eval_op.register_fake
+def _(x, qkv_weight, qkv_bias, rel_planes, pos_weight, pos_bias, bn0, eps0, w1, bn3, eps3, w2, b2, kernel_size,
+      pad_mode, chunk_bytes=4 << 20):
+    return x.new_empty(x.shape[0], qkv_weight.shape[0] - 2 * rel_planes, x.shape[2], x.shape[3])
+
+
+@_patchwise_hidden_eval_op.register_fake
+def _(x1, x2, conv_weight, bn, eps, kernel_size, pad_mode):
+    return x1.new_empty(x1.shape[0], conv_weight.shape[0], x1.shape[2] * x1.shape[3])
 
 
 # every operator is a leaf of torch.fx graphs: checks and tensor-dependent branches run when the graph runs
@@ -661,13 +749,16 @@ class SelfAttention2d(nn.Module):
                 and not bn0.training and not bn3.training and bn0.running_var is not None
                 and bn3.running_var is not None)
 
-    def _bn_tensors(self, first: bool) -> list[torch.Tensor | None]:
+    def _bn_tensors(self, first: bool) -> list[torch.Tensor]:
         """``[weight, bias, running_mean, running_var]`` of ``conv_w[0]`` (``first``) or ``conv_w[3]``."""
         if first:
             bn0 = self.conv_w[0]
-            return [bn0.weight, bn0.bias, bn0.running_mean, bn0.running_var]
-        bn3 = self.conv_w[3]
-        return [bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var]
+            w, b, m, v = bn0.weight, bn0.bias, bn0.running_mean, bn0.running_var
+        else:
+            bn3 = self.conv_w[3]
+            w, b, m, v = bn3.weight, bn3.bias, bn3.running_mean, bn3.running_var
+        assert w is not None and b is not None and m is not None and v is not None  # affine, running statistics
+        return [w, b, m, v]
 
     def _footprint(self, t: torch.Tensor) -> torch.Tensor:
         return unfold_footprint(t, self.kernel_size, pad_mode=self.pad_mode)  # (N, C, K, L)

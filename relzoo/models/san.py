@@ -152,12 +152,9 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(out, x[..., 1:h:2, 1:w:2], out=out)
 
 
-def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor | None], eps: float,
-              band_bytes: int = 8 << 20) -> torch.Tensor:
-    """The stem in inference, ``max_pool_2x2(relu(bn(conv1x1(x))))`` with BN folded into the conv, computed in bands
-    of output rows so that the full-resolution ``(N, C, H, W)`` map (the largest of the network) is never held:
-    each band of about ``band_bytes`` is convolved, rectified and pooled while it is in cache.
-    ``x: (N, C_in, H, W)`` -> ``(N, C, H // 2, W // 2)``."""
+def _stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor], eps: float,
+               band_bytes: int = 8 << 20) -> torch.Tensor:
+    """Implementation of :func:`stem_eval` (plain torch; TorchScript compiles it)."""
     scale, shift = bn_scale_shift(bn[0], bn[1], bn[2], bn[3], eps)
     weight = conv_weight * scale.view(-1, 1, 1, 1)
     n, c_out, h, w = x.shape[0], weight.shape[0], x.shape[2] // 2, x.shape[3] // 2
@@ -168,6 +165,28 @@ def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor 
         band = conv1x1(x[:, :, 2 * r0 : 2 * r1, : 2 * w].contiguous(), weight, shift).relu_()
         out[:, :, r0:r1] = max_pool_2x2(band)
     return out
+
+
+# an opaque operator for torch.compile / torch.export / jit.trace (the band loop is not unrolled); TorchScript
+# compiles the plain implementation
+_stem_eval_op = torch.library.custom_op("relzoo::san_stem_eval", _stem_eval, mutates_args=())
+
+
+@_stem_eval_op.register_fake
+def _(x, conv_weight, bn, eps, band_bytes=8 << 20):
+    return x.new_empty(x.shape[0], conv_weight.shape[0], x.shape[2] // 2, x.shape[3] // 2,
+                       dtype=torch.promote_types(x.dtype, conv_weight.dtype))
+
+
+def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor], eps: float,
+              band_bytes: int = 8 << 20) -> torch.Tensor:
+    """The stem in inference, ``max_pool_2x2(relu(bn(conv1x1(x))))`` with BN folded into the conv, computed in bands
+    of output rows so that the full-resolution ``(N, C, H, W)`` map (the largest of the network) is never held:
+    each band of about ``band_bytes`` is convolved, rectified and pooled while it is in cache.
+    ``x: (N, C_in, H, W)`` -> ``(N, C, H // 2, W // 2)``."""
+    if torch.jit.is_scripting():
+        return _stem_eval(x, conv_weight, bn, eps, band_bytes)
+    return _stem_eval_op(x, conv_weight, bn, eps, band_bytes)
 
 
 for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval"):  # torch.fx leaf functions
@@ -226,9 +245,9 @@ class SANStem(nn.Module):
         check_pixel_values(x, self.in_chans, self.min_size, self.conv.weight.dtype, self.training)
         if torch.is_grad_enabled() or self.bn.training or self.bn.running_var is None:
             return self.pool(self.act(self.bn(self.conv(x))))
-        bn = self.bn
-        stats: list[torch.Tensor | None] = [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        return stem_eval(x, self.conv.weight, stats, bn.eps)
+        w, b, mean, var = self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var
+        assert w is not None and b is not None and mean is not None and var is not None
+        return stem_eval(x, self.conv.weight, [w, b, mean, var], self.bn.eps)
 
 
 class SANStage(nn.Module):
