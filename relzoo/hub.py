@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .checksums import write_checksums
 from .models.san import SAN, SAN_VARIANTS, SANForImageClassification, checkpoint_filter_fn, san_image_processor
 
 
@@ -113,6 +114,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             config = json.loads(config_path.read_text())
             config.get("model_args", {}).pop("num_classes", None)  # else TimmWrapper passes it twice (TypeError)
             config_path.write_text(json.dumps(config, indent=2))
+            write_checksums(tmp)  # relzoo's own models write theirs in save_pretrained
             library, tags, paper = "timm", ["image-classification", "timm", "relzoo"], None
             usage = (f"```python\nimport timm\nmodel = timm.create_model('hf-hub:{model_id}', pretrained=True)\n```")
         card = _card_text(model_id=model_id, architecture=arch, usage=usage, dataset=dataset, metrics=metrics,

@@ -10,12 +10,21 @@ with --checkpoint_every N, resumable checkpoints under OUTPUT_DIR/checkpoints (-
 """
 from transformers import HfArgumentParser
 
+from relzoo.data import UnreadableImageError
 from relzoo.train import ClassifierTrainingArguments, train_classifier
+from relzoo.train.checkpoints import RunMismatchError
 
 
 def main(argv=None) -> dict:
-    (args,) = HfArgumentParser(ClassifierTrainingArguments).parse_args_into_dataclasses(args=argv)
-    return train_classifier(args)
+    parser = HfArgumentParser(ClassifierTrainingArguments)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a bad argument value: one line, as argparse reports a bad type
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    try:
+        return train_classifier(args)
+    except (UnreadableImageError, RunMismatchError) as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -79,3 +79,58 @@ def test_hub_configs_match_the_models(path):
     assert sum(p.numel() for p in built.parameters()) == spec["card"]["params"]
     assert model.arch_args["layers"] == spec["config"]["layers"] and model.arch_args["sa_type"] == spec["config"]["sa_type"]
     assert 70 < spec["card"]["reported_top1"] < spec["card"]["reported_top5"] < 100
+
+
+def _overwrite_middle(path: Path, n: int = 64) -> None:
+    """Overwrite ``n`` bytes in the middle of a file, keeping its size: the damage nothing but a checksum sees."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_weights_are_refused_by_every_loader(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from relzoo import SANForImageClassification
+    from relzoo.checksums import MANIFEST, ChecksumError, read_checksums
+
+    model = timm.create_model("san10_pair", num_classes=2, widths=[32, 32, 64, 64, 128], stem_width=32,
+                              layers=[1, 1, 1, 1, 1]).eval()
+    folder = save_hub_folder(model, tmp_path / "m", class_names=["a", "b"], image_size=64, crop_pct=1.0,
+                             mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert set(read_checksums(folder)) == {"model.safetensors"}  # tensor files only: config and card stay editable
+    file = folder / "model.safetensors"
+    kw = dict(widths=[32, 32, 64, 64, 128], stem_width=32, layers=[1, 1, 1, 1, 1], num_classes=2, pretrained=True,
+              pretrained_cfg_overlay=dict(file=str(file)))
+    timm.create_model("san10_pair", **kw)  # intact: loads
+    SANForImageClassification.from_pretrained(folder)
+    _overwrite_middle(file)
+    from safetensors.torch import load_file
+
+    load_file(file)  # the damage is invisible to the file format itself ...
+    for load in (lambda: SANForImageClassification.from_pretrained(folder),
+                 lambda: AutoModelForImageClassification.from_pretrained(folder),
+                 lambda: timm.create_model("san10_pair", **kw)):
+        with pytest.raises(ChecksumError, match=r"model\.safetensors' is damaged: its SHA-256 differs"):
+            load()  # ... the manifest is not
+    (folder / MANIFEST).unlink()  # folders written by other tools have no manifest and load as before
+    SANForImageClassification.from_pretrained(folder)
+    # save_pretrained of relzoo models writes the manifest too; a missing listed file is named
+    again = tmp_path / "again"
+    SANForImageClassification.from_pretrained(folder).save_pretrained(again)
+    assert set(read_checksums(again)) == {"model.safetensors"}
+    (again / "model.safetensors").rename(again / "other.safetensors")
+    with pytest.raises(ChecksumError, match=r"model\.safetensors' is missing"):
+        SANForImageClassification.from_pretrained(again)
+
+
+def test_plain_timm_model_folder_has_a_checksum_manifest(tmp_path):
+    from relzoo.checksums import verify_checksums
+
+    folder = save_hub_folder(timm.create_model("resnet10t", num_classes=3), tmp_path / "r", class_names=["a", "b", "c"],
+                             image_size=64, crop_pct=0.9, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert verify_checksums(folder) == 1
+    _overwrite_middle(folder / "model.safetensors")
+    with pytest.raises(ValueError, match="damaged"):
+        verify_checksums(folder)

@@ -5,12 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from relzoo.train import ClassifierTrainingArguments, smoothed_cross_entropy, train_classifier
-from relzoo.train.classification import latest_checkpoint
+from relzoo.train.checkpoints import RunMismatchError, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = json.dumps(dict(widths=[32, 32, 64, 64, 128], stem_width=32, layers=[1, 1, 1, 1, 1], kernels=[3, 3, 3, 3, 3]))
@@ -71,7 +72,7 @@ def test_outputs_are_a_hub_ready_folder(tmp_path):
     res = train_classifier(_args(tmp_path, epochs=1, checkpoint_every=0))
     folder = Path(res["model_dir"])
     assert {p.name for p in folder.iterdir()} == {"README.md", "config.json", "model.safetensors",
-                                                  "preprocessor_config.json"}
+                                                  "preprocessor_config.json", "checksums.sha256"}
     card = (folder / "README.md").read_text()
     assert "library_name: transformers" in card and "top1" in card and "digits" in card
     model = AutoModelForImageClassification.from_pretrained(folder)
@@ -122,3 +123,103 @@ def test_two_real_processes(tmp_path):
     assert res["steps"] == 3 and res["eval_samples"] == 20  # gather_for_metrics drops the padding duplicates
     assert res["replicas_in_sync"] is True  # DDP weights and re-estimated BN statistics agree on both ranks
     assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()  # each rank's RNG saved
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("log_every", 0, "`log_every` must be an integer >= 1, got 0"),
+    ("train_samples", 0, "`train_samples` must be an integer >= 1 or None (all), got 0"),
+    ("eval_samples", -5, "`eval_samples` must be an integer >= 1 or None (all), got -5"),
+    ("keep_checkpoints", 0, "`keep_checkpoints` must be an integer >= 1, got 0"),
+    ("checkpoint_every", -1, "`checkpoint_every` must be an integer >= 0, got -1"),
+    ("crop_pct", 0.0, "`crop_pct` must be in (0, 1], got 0.0"),
+    ("lr", float("nan"), "`lr` must be a positive number"),
+    ("in_chans", 2, "`in_chans` must be 1 or 3, got 2"),
+])
+def test_bad_arguments_are_named_before_anything_loads(tmp_path, field, value, expected):
+    with pytest.raises(ValueError) as err:
+        _args(tmp_path, **{field: value})
+    assert expected in str(err.value)
+    assert not tmp_path.joinpath("checkpoints").exists()
+
+
+def test_script_reports_a_bad_argument_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/train_classifier.py", "--log_every", "0", "--output_dir",
+                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("error: `log_every` must be an integer >= 1, got 0")
+
+
+def _image_folder(root: Path, per_class: int = 6) -> Path:
+    """imagefolder root/{train,test}/{a,b}/*.jpg with one truncated JPEG in train/b."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            d = root / split / label
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    broken = root / "train" / "b" / "3.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])
+    return broken
+
+
+def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path):
+    from relzoo.data import UnreadableImageError
+
+    broken = _image_folder(tmp_path / "data")
+    kw = dict(dataset=str(tmp_path / "data"), train_samples=None, eval_samples=None, epochs=2, batch_size=4,
+              checkpoint_every=0, save_model=False, recalibrate_bn_batches=1)
+    with pytest.raises(UnreadableImageError, match=f"unreadable image '{broken}'.*--skip_unreadable_images"):
+        train_classifier(_args(tmp_path / "stop", **kw))
+    res = train_classifier(_args(tmp_path / "skip", skip_unreadable_images=True, **kw))
+    assert res["steps"] == 6 and res["skipped_unreadable_images"] == 1  # seen in both epochs, counted once
+    assert res["skipped_unreadable_files"] == [repr(str(broken))] and res["eval_samples"] == 12
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "a" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"`dataset` folder .*data' holds no image files \(expected an imagefolder"):
+        train_classifier(_args(tmp_path / "out", dataset=str(tmp_path / "data")))
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(folder / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["optimizer.bin", "model.safetensors", "custom_checkpoint_0.pkl", "missing"])
+def test_resume_names_a_damaged_checkpoint_and_falls_back_to_the_previous_one(tmp_path, damage, capsys):
+    full = train_classifier(_args(tmp_path / "full"))
+    train_classifier(_args(tmp_path / "split", stop_after_steps=4))
+    newest = tmp_path / "split" / "checkpoints" / "step_00000004"
+    if damage == "missing":
+        (newest / "optimizer.bin").unlink()
+        expected = "optimizer.bin' is missing"
+    else:
+        data = bytearray((newest / damage).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (newest / damage).write_bytes(bytes(data))
+        expected = f"{damage}' is damaged"
+    resumed = train_classifier(_args(tmp_path / "split", resume=True))
+    out = capsys.readouterr().out
+    assert "skipping checkpoint step_00000004: " in out and expected in out
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 6
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the fallback still resumes exactly
+    assert resumed["eval_loss"] == full["eval_loss"]
+
+
+def test_resume_without_any_usable_checkpoint_or_from_another_run_says_so(tmp_path):
+    train_classifier(_args(tmp_path, stop_after_steps=4))
+    with pytest.raises(RunMismatchError) as err:  # before any weights are read: no state-dict mismatch dump
+        train_classifier(_args(tmp_path, resume=True, model="san10_pair"))
+    message = str(err.value)
+    assert "\n" not in message and "model: 'san10_patch' there, 'san10_pair' here" in message
+    with pytest.raises(RunMismatchError, match="dataset: 'digits' there, 'fashion_mnist' here"):
+        train_classifier(_args(tmp_path, resume=True, dataset="fashion_mnist", train_samples=24))
+    for ckpt in (tmp_path / "checkpoints").iterdir():
+        (ckpt / "checksums.sha256").unlink()
+    with pytest.raises(RuntimeError, match=r"none of the 2 checkpoints .* is usable .*checksums\.sha256' is missing"):
+        train_classifier(_args(tmp_path, resume=True))

@@ -8,7 +8,14 @@ from .builtin import (
                       load_image_dataset,
                       read_idx,
 )
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformedImageDataset, build_transform
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TransformedImageDataset,
+    UnreadableImageError,
+    build_transform,
+    collate_images,
+)
 
 __all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
-           "build_transform", "class_names", "load_digits", "load_fashion_mnist", "load_image_dataset", "read_idx"]
+           "UnreadableImageError", "build_transform", "collate_images", "class_names", "load_digits", "load_fashion_mnist", "load_image_dataset", "read_idx"]

@@ -139,6 +139,7 @@ def load_image_dataset(name_or_path: str, split: str = "train"):
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         ds = load_from_disk(str(path))
     else:
+        _check_imagefolder(path)
         ds = load_dataset("imagefolder", data_dir=str(path))
     if isinstance(ds, DatasetDict):
         if split not in ds:
@@ -149,6 +150,16 @@ def load_image_dataset(name_or_path: str, split: str = "train"):
         raise ValueError(f"dataset {name_or_path!r} must have columns 'image' and 'label'; missing {sorted(missing)} "
                          f"(columns: {ds.column_names})")
     return ds
+
+
+def _check_imagefolder(path: Path) -> None:
+    """An imagefolder root must hold image files somewhere below it; say so plainly when it does not."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {e.lower() for e in ImageFolder.EXTENSIONS}
+    if not any(p.suffix.lower() in extensions and p.is_file() for p in path.rglob("*")):
+        raise ValueError(f"`dataset` folder {str(path)!r} holds no image files (expected an imagefolder: "
+                         "root/<split>/<class>/*.png|jpg|... or root/<class>/*.png|jpg|..., or a save_to_disk folder)")
 
 
 def class_names(ds) -> list[str]:

@@ -6,7 +6,10 @@ same crop and flip.
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
+import PIL.Image
 import torch
 from torchvision.transforms import v2
 
@@ -30,19 +33,36 @@ def build_transform(image_size: int, train: bool, mean=IMAGENET_MEAN, std=IMAGEN
     return v2.Compose([v2.ToImage(), *ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
+class UnreadableImageError(ValueError):
+    """An image of a dataset cannot be decoded (truncated, damaged or not an image)."""
+
+
+# what PIL raises for damaged files: truncated data and unknown formats (OSError), broken chunks (SyntaxError),
+# inconsistent headers (ValueError, struct.error), and the decompression-bomb guard
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, PIL.Image.DecompressionBombError)
+
+
 class TransformedImageDataset(torch.utils.data.Dataset):
-    """``dataset[i] -> {"pixel_values": (C, H, W) float tensor, "labels": int}`` over a ``datasets.Dataset``.
+    """``dataset[i] -> {"pixel_values": (C, H, W) float tensor, "labels": int, "skipped": [...]}`` over a
+    ``datasets.Dataset``; batch it with :func:`collate_images`.
 
     Images are converted to RGB (``in_chans=3``) or grey (``in_chans=1``). When ``seed`` is given, the random
     transform of sample ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)``; call
     ``set_epoch(e)`` before each epoch.
+
+    An image that cannot be decoded raises :class:`UnreadableImageError` naming its file (or row). With
+    ``skip_unreadable=True`` the sample is replaced by the next readable one (so batches keep their size on every
+    process) and the unreadable file is listed in the sample's ``skipped``; with ``mask_skipped=True`` too (for
+    evaluation) the replacement gets label ``-1``, which metrics leave out.
     """
 
-    def __init__(self, hf_dataset, transform, in_chans: int = 3, seed: int | None = None):
+    def __init__(self, hf_dataset, transform, in_chans: int = 3, seed: int | None = None,
+                 skip_unreadable: bool = False, mask_skipped: bool = False):
         if in_chans not in (1, 3):
             raise ValueError(f"`in_chans` must be 1 or 3 for image datasets, got {in_chans}")
         self.ds, self.transform, self.mode, self.seed, self.epoch = hf_dataset, transform, \
             ("RGB" if in_chans == 3 else "L"), seed, 0
+        self.skip_unreadable, self.mask_skipped = skip_unreadable, mask_skipped
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,9 +70,43 @@ class TransformedImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
+    def source(self, index: int) -> str:
+        """Where row ``index``'s image comes from: its file path when the dataset has one, else the row."""
+        from datasets import Image
+
+        try:
+            entry = self.ds.select_columns(["image"]).cast_column("image", Image(decode=False))[int(index)]["image"]
+            path = entry.get("path") if isinstance(entry, dict) else None
+        except Exception:  # the source is only used in a message: never let it hide the real error
+            path = None
+        return repr(path) if path else f"row {index}"
+
+    def _read(self, index: int) -> tuple[PIL.Image.Image, int]:
+        try:
+            row = self.ds[int(index)]
+            return row["image"].convert(self.mode), int(row["label"])
+        except _DECODE_ERRORS as err:
+            detail = f"{type(err).__name__}: {err}"
+            raise UnreadableImageError(
+                f"unreadable image {self.source(index)} (row {index}): {detail}. Remove or replace the file, or pass "
+                "--skip_unreadable_images (skip_unreadable=True) to leave unreadable images out (they are counted "
+                "and listed at the end)") from err
+
     def __getitem__(self, index: int) -> dict:
-        row = self.ds[int(index)]
-        image = row["image"].convert(self.mode)
+        skipped, sample = [], int(index)
+        while True:
+            try:
+                image, label = self._read(sample)
+                break
+            except UnreadableImageError:
+                if not self.skip_unreadable:
+                    raise
+                skipped.append(self.source(sample))
+                sample = (sample + 1) % len(self)
+                if sample == index:
+                    raise UnreadableImageError(f"no image of the dataset ({len(self)} rows) can be read") from None
+        if skipped and self.mask_skipped:
+            label = -1
         if self.seed is None:
             pixels = self.transform(image)
         else:
@@ -60,4 +114,12 @@ class TransformedImageDataset(torch.utils.data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed)
                 pixels = self.transform(image)
-        return {"pixel_values": pixels, "labels": int(row["label"])}
+        return {"pixel_values": pixels, "labels": label, "skipped": skipped}
+
+
+def collate_images(samples: list[dict]) -> dict:
+    """Batch :class:`TransformedImageDataset` samples: stacked ``pixel_values``, ``labels`` as int64 and the
+    ``skipped`` sources of the whole batch as one list."""
+    return {"pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            "labels": torch.tensor([s["labels"] for s in samples], dtype=torch.int64),
+            "skipped": [src for s in samples for src in s.get("skipped", ())]}

@@ -17,6 +17,7 @@ official key (``module.`` stripped)    relzoo timm key
 The transformers classes hold the same modules under ``san.`` (``SANModel`` is the ``san`` attribute) and call the
 head ``classifier`` instead of ``fc``. ``checkpoint_filter_fn`` accepts all three layouts.
 """
+import os
 import re
 
 import torch
@@ -32,8 +33,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttenti
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from ..checksums import verify_checksums
 from ..layers.san import Conv1x1, SelfAttention2d, bn_scale_shift, check_attention_args, conv1x1, footprint_padding
 from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
+from .hub_mixin import ChecksummedPretrainedMixin
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -510,6 +513,9 @@ def _resolve_pretrained(variant: str, kwargs: dict) -> None:
 def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
     if pretrained:
         _resolve_pretrained(variant, kwargs)
+        file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+        if file and os.path.isfile(file):  # a folder relzoo wrote lists its weights in checksums.sha256
+            verify_checksums(os.path.dirname(file), only=[os.path.basename(file)])
     model_args = dict(SAN_VARIANTS[variant], **kwargs)
     return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True), **model_args)
@@ -624,7 +630,7 @@ class SANConfig(PreTrainedConfig):
         return cls(**{**SAN_VARIANTS[variant], **kwargs})
 
 
-class SANPreTrainedModel(PreTrainedModel):
+class SANPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     config_class = SANConfig
     base_model_prefix = "san"
     main_input_name = "pixel_values"

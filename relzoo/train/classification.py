@@ -4,9 +4,9 @@ The official SAN recipe is the default: SGD (lr 0.1, momentum 0.9, weight decay 
 schedule stepped once per epoch, label smoothing with ``1 - eps`` on the target and ``eps / (K - 1)`` elsewhere,
 RandomResizedCrop + flip for training and Resize + CenterCrop for evaluation.
 
-Checkpoints (``accelerate`` ``save_state``: model, optimizer, scheduler, every process's RNG, the step counter) are
-written to a temporary folder and renamed into place, so a crash never leaves a half-written checkpoint;
-``resume=True`` continues from the newest one exactly where it stopped.
+Checkpoints (:mod:`relzoo.train.checkpoints`: model, optimizer, scheduler, every process's RNG, the step counter,
+checksummed) are written to a temporary folder and renamed into place, so a crash never leaves a half-written
+checkpoint; ``resume=True`` continues from the newest intact one exactly where it stopped.
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
+from .checkpoints import CheckpointManager
 
 
 @dataclass
@@ -40,6 +38,9 @@ class ClassifierTrainingArguments:
     train_split: str = field(default="train", metadata={"help": "training split"})
     eval_split: str = field(default="test", metadata={"help": "evaluation split"})
     train_samples: int | None = field(default=None, metadata={"help": "use a seeded random subset of this size"})
+    skip_unreadable_images: bool = field(default=False, metadata={
+        "help": "leave out images that cannot be decoded (truncated, damaged) instead of stopping; they are counted "
+                "and listed at the end"})
     eval_samples: int | None = field(default=2000, metadata={"help": "evaluate on a seeded subset (None: all)"})
     in_chans: int = field(default=3, metadata={"help": "image channels fed to the model (1 or 3)"})
     image_size: int = field(default=64, metadata={
@@ -76,16 +77,39 @@ class ClassifierTrainingArguments:
         default=None, metadata={"help": "quit after this step as if killed (no eval, no final save); to test resume"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
+        """Check every argument before anything is loaded: one ``ValueError`` naming the argument, what it must be
+        and what it got."""
         if self.schedule not in ("cosine_epoch", "cosine", "constant"):
             raise ValueError(f"`schedule` must be cosine_epoch, cosine or constant, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        for name in ("batch_size", "eval_batch_size", "epochs", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"`in_chans` must be 1 or 3, got {self.in_chans}")
+        at_least = {"batch_size": 1, "eval_batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1,
+                    "keep_checkpoints": 1, "checkpoint_every": 0, "num_workers": 0, "recalibrate_bn_batches": 0,
+                    "train_samples": 1, "eval_samples": 1, "stop_after_steps": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is None and name in ("train_samples", "eval_samples", "stop_after_steps"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}" + (" or None (all)" if "samples" in name
+                                 else "") + f", got {value!r}")
+        ranges = {"label_smoothing": (0, 1, "[0, 1)"), "momentum": (0, 1, "[0, 1)"),
+                  "crop_pct": (0, 1, "(0, 1]"), "crop_scale_min": (0, 1, "(0, 1]")}
+        for name, (low, high, text) in ranges.items():
+            value = getattr(self, name)
+            inside = (low <= value < high) if text.startswith("[") else (low < value <= high)
+            if not math.isfinite(value) or not inside:
+                raise ValueError(f"`{name}` must be in {text}, got {value!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"`lr` must be a positive number (or None: scaled default), got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
         if self.model_kwargs is None:
             return
         try:
@@ -124,33 +148,6 @@ class TrainState:
         self.step = int(state["step"])
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """Newest complete checkpoint (``step_<N>``); temporary folders of interrupted saves are ignored."""
-    if not checkpoint_dir.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-    return max(found)[1] if found else None
-
-
-def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int, keep: int) -> Path:
-    final = checkpoint_dir / f"step_{step:08d}"
-    tmp = checkpoint_dir / f".tmp-step_{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        done = sorted((int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
-        for _, old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def _lr_factor(schedule: str, steps_per_epoch: int, epochs: int, total_steps: int):
     def factor(step: int) -> float:
         if schedule == "constant":
@@ -168,16 +165,20 @@ def _subset(ds, n: int | None, seed: int):
     return ds.shuffle(seed=seed).select(range(n))
 
 
-def evaluate(model, dataloader, accelerator) -> dict:
-    """Top-1 / top-5 accuracy (fractions) and mean loss over a prepared dataloader, all processes gathered."""
+def evaluate(model, dataloader, accelerator, skipped: set | None = None) -> dict:
+    """Top-1 / top-5 accuracy (fractions) and mean loss over a prepared dataloader, all processes gathered.
+    Samples labelled ``-1`` (stand-ins for unreadable images) are left out."""
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
     with torch.no_grad():
         for batch in dataloader:
+            if skipped is not None:
+                skipped.update(batch.get("skipped", ()))
             with accelerator.autocast():
                 logits = model(batch["pixel_values"])
             logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+            logits, labels = logits[labels >= 0], labels[labels >= 0]
             top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             correct1 += (top[:, 0] == labels).sum().item()
             correct5 += (top == labels[:, None]).any(dim=-1).sum().item()
@@ -185,6 +186,17 @@ def evaluate(model, dataloader, accelerator) -> dict:
             total += labels.numel()
     return {"top1": correct1 / max(total, 1), "top5": correct5 / max(total, 1), "eval_loss": loss_sum / max(total, 1),
             "eval_samples": total}
+
+
+def _report_skipped(skipped: set, accelerator) -> list[str]:
+    """Every process's unreadable images, merged, printed once with their count; returns the sorted list."""
+    from accelerate.utils import gather_object
+
+    merged = sorted(set(gather_object(sorted(skipped))))
+    if merged:
+        shown = ", ".join(merged[:10]) + (", ..." if len(merged) > 10 else "")
+        accelerator.print(f"skipped {len(merged)} unreadable image(s) (--skip_unreadable_images): {shown}")
+    return merged
 
 
 def resolve_model_kwargs(args: ClassifierTrainingArguments) -> dict:
@@ -234,7 +246,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
 
     import relzoo  # noqa: F401  (registers relzoo models with timm)
 
-    from ..data import TransformedImageDataset, build_transform, class_names, load_image_dataset
+    from ..data import TransformedImageDataset, build_transform, class_names, collate_images, load_image_dataset
     from ..hub import save_hub_folder
 
     args.validate()
@@ -261,12 +273,13 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     train_ds = TransformedImageDataset(
         train_hf, build_transform(args.image_size, True, mean, std, hflip=args.hflip, scale=(args.crop_scale_min, 1.0)),
-        args.in_chans, seed=args.seed)
+        args.in_chans, seed=args.seed, skip_unreadable=args.skip_unreadable_images)
     eval_ds = TransformedImageDataset(eval_hf, build_transform(args.image_size, False, mean, std, crop_pct=args.crop_pct),
-                                      args.in_chans)
+                                      args.in_chans, skip_unreadable=args.skip_unreadable_images, mask_skipped=True)
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                           num_workers=args.num_workers)
-    eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=args.eval_batch_size, num_workers=args.num_workers)
+                                           num_workers=args.num_workers, collate_fn=collate_images)
+    eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=args.eval_batch_size, num_workers=args.num_workers,
+                                          collate_fn=collate_images)
     lr = args.lr if args.lr is not None else 0.1 * args.batch_size * accelerator.num_processes / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
@@ -281,13 +294,17 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         optimizer, _lr_factor(args.schedule, steps_per_epoch, args.epochs, total_steps))
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
+    run = {"model": args.model, "model_kwargs": resolve_model_kwargs(args), "in_chans": args.in_chans,
+           "num_classes": len(names), "dataset": args.dataset, "train_split": args.train_split,
+           "train_samples": args.train_samples, "seed": args.seed, "batch_size": args.batch_size,
+           "num_processes": accelerator.num_processes}
+    checkpoints = CheckpointManager(accelerator, ckpt_dir, run, keep=args.keep_checkpoints)
     resumed_from = None
     if args.resume:
-        ckpt = latest_checkpoint(ckpt_dir)
+        ckpt = checkpoints.resume()
         if ckpt is None:
             accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting from scratch")
         else:
-            accelerator.load_state(str(ckpt))
             resumed_from = state.step
             accelerator.print(f"resumed from {ckpt} at step {state.step}")
     accelerator.print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
@@ -296,7 +313,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
 
     start, last_loss = time.time(), float("nan")
     bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    interrupted = False
+    interrupted, skipped = False, set()
     while state.step < total_steps and not interrupted:
         epoch, skip = divmod(state.step, steps_per_epoch)
         train_dl.set_epoch(epoch)
@@ -304,6 +321,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         model.train()
         for batch in loader:
+            skipped.update(batch["skipped"])
             with accelerator.autocast():
                 logits = model(batch["pixel_values"])
             loss = smoothed_cross_entropy(logits, batch["labels"], args.label_smoothing)
@@ -317,7 +335,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
                 last_loss = accelerator.gather(loss.detach()[None]).mean().item()
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}", epoch=epoch)
             if args.checkpoint_every and state.step % args.checkpoint_every == 0:
-                _save_checkpoint(accelerator, ckpt_dir, state.step, args.keep_checkpoints)
+                checkpoints.save(state.step)
             if args.stop_after_steps is not None and state.step >= args.stop_after_steps:
                 interrupted = True
                 break
@@ -333,7 +351,10 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         return summary
     if args.recalibrate_bn_batches:
         recalibrate_batchnorm(model, train_dl, args.recalibrate_bn_batches, accelerator)
-    metrics = evaluate(model, eval_dl, accelerator)
+    metrics = evaluate(model, eval_dl, accelerator, skipped)
+    if args.skip_unreadable_images:
+        summary["skipped_unreadable_files"] = _report_skipped(skipped, accelerator)
+        summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
     summary.update(metrics)
     summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
     accelerator.print(f"eval on {metrics['eval_samples']} {args.eval_split} images: top-1 {metrics['top1']:.4f} "

@@ -1,0 +1,50 @@
+"""What every relzoo ``PreTrainedModel`` adds to transformers' saving and loading: a checksum manifest.
+
+``save_pretrained`` writes ``checksums.sha256`` over the tensor files it wrote; ``from_pretrained`` verifies it
+before reading weights, so a file damaged after it was written fails with an error naming it instead of loading
+into a model with non-finite outputs (see :mod:`relzoo.checksums`). Folders without a manifest (written by other
+tools) load as usual.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checksums import MANIFEST, verify_checksums, write_checksums
+
+
+class ChecksummedPretrainedMixin:
+    """Mix into a family's ``PreTrainedModel`` base, before ``PreTrainedModel``."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", args[0] if args else True):
+            write_checksums(save_directory)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if pretrained_model_name_or_path is not None:
+            folder, in_cache = _manifest_folder(pretrained_model_name_or_path, kwargs)
+            if folder is not None:
+                verify_checksums(folder, missing_ok=in_cache)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _manifest_folder(name_or_path, kwargs: dict) -> tuple[Path | None, bool]:
+    """The folder holding the manifest: a local folder as given, or the snapshot of a Hub repo already in the cache
+    (files not cached yet are skipped: they are about to be downloaded)."""
+    subfolder = kwargs.get("subfolder") or ""
+    path = Path(name_or_path) / subfolder
+    if Path(name_or_path).is_dir():
+        return path, False
+    if os.path.isfile(name_or_path) or str(name_or_path).count("/") > 1:
+        return None, False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(str(name_or_path), f"{subfolder}/{MANIFEST}" if subfolder else MANIFEST,
+                                        cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"))
+    except Exception:  # not a valid repo id: transformers will say so
+        return None, False
+    return (Path(cached).parent, True) if isinstance(cached, str) else (None, False)
