@@ -3,17 +3,23 @@
 
     python scripts/benchmark.py san              # the full SAN tables (about 15 minutes on 2 CPU cores)
     python scripts/benchmark.py san --quick      # tiny shapes, to check the script itself
+    python scripts/benchmark.py san --compile    # torch.compile cold start and compiled speed (about 8 minutes)
 
 Times are medians over interleaved repeats (candidate and reference alternate, so drift hits both alike).
 Peak memory is the high-water mark of tensor allocations recorded by the PyTorch profiler (CPU or GPU), relative
-to what was allocated before the measured call.
+to what was allocated before the measured call. ``--compile`` measures each model's first ``torch.compile`` call
+in a fresh process with an empty compiler cache (what a user waits for), next to resnet50 measured the same way.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -169,6 +175,63 @@ def bench_models(device, repeats: int, train_repeats: int, quick: bool, batch: i
     return rows
 
 
+def compile_probe(spec: dict) -> dict:
+    """In a fresh process: eager step time, first compiled call (compile + run), compiled step time, graphs."""
+    import timm
+    from torch._dynamo.utils import counters
+
+    import relzoo  # noqa: F401
+
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model = timm.create_model(spec["model"], **spec.get("kwargs", {})).to(device)
+    model.train(spec["train"])
+    x = torch.randn(spec["batch"], 3, spec["size"], spec["size"], device=device)
+
+    def step(m):
+        def f():
+            if spec["train"]:
+                m(x).float().logsumexp(-1).mean().backward()
+            else:
+                with torch.no_grad():
+                    m(x)
+        return f
+
+    compiled = torch.compile(model, backend=spec["backend"])
+    sync = _sync(device)
+    sync()
+    t0 = time.perf_counter()
+    step(compiled)()
+    sync()
+    cold = time.perf_counter() - t0
+    t = timed_medians({"eager": step(model), "compiled": step(compiled)}, spec["repeats"], sync)
+    return dict(first_call_s=cold, eager_ms=t["eager"] * 1e3, compiled_ms=t["compiled"] * 1e3,
+                graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(counters["graph_break"].values()))
+
+
+def bench_compile(device, quick: bool, batch: int, size: int, repeats: int) -> list[dict]:
+    """Cold ``torch.compile`` of each model, eval and train, each in its own process with an empty cache."""
+    models = ["san10_pair", "san10_patch", "resnet50"]
+    backend = "inductor"
+    if quick:  # the machinery, not the compiler: no code generation
+        models, backend = ["san10_pair", "resnet26"], "aot_eager"
+    rows = []
+    for name in models:
+        for train in (False,) if quick else (False, True):
+            spec = dict(model=name, train=train, device=str(device), batch=batch, size=size, backend=backend,
+                        repeats=repeats)
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
+                           TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0")
+                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "san", "--_probe", json.dumps(spec)],
+                                      env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"compile probe {spec} failed:\n{proc.stderr[-3000:]}")
+            rows.append(dict(model=name, mode="train" if train else "eval", backend=backend,
+                             **json.loads(proc.stdout.strip().splitlines()[-1])))
+    return rows
+
+
 def markdown(agg: list[dict], attention: list[dict], models: list[dict], meta: dict) -> str:
     lines = [f"Device: {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | "
              f"{meta['repeats']} interleaved repeats (median; training steps: {meta['train_repeats']})", "",
@@ -194,6 +257,20 @@ def markdown(agg: list[dict], attention: list[dict], models: list[dict], meta: d
     return "\n".join(lines)
 
 
+def compile_markdown(rows: list[dict], meta: dict) -> str:
+    base = {r["mode"]: r for r in rows if r["model"].startswith("resnet")}
+    lines = [f"torch.compile ({rows[0]['backend']}), batch {meta['batch']}, {meta['size']} px, fresh process and empty "
+             f"cache per row | {meta['device']} | torch {meta['torch']}", "",
+             "| model | mode | first call s | vs " + next(iter(base.values()))["model"] + " | graphs | graph breaks | "
+             "eager ms | compiled ms | compiled speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['mode']} | {r['first_call_s']:.1f} | "
+                     f"{r['first_call_s'] / base[r['mode']]['first_call_s']:.2f}x | {r['graphs']} | "
+                     f"{r['graph_breaks']} | {r['eager_ms']:.0f} | {r['compiled_ms']:.0f} | "
+                     f"{r['eager_ms'] / r['compiled_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="relzoo benchmarks (ratios against references in the same run)")
     parser.add_argument("family", choices=["san"], help="which family to benchmark")
@@ -202,7 +279,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--train_repeats", type=int, default=None, help="training-step repeats (default 3, quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    parser.add_argument("--compile", action="store_true", help="only the torch.compile cold-start table")
+    parser.add_argument("--_probe", default=None, help=argparse.SUPPRESS)  # one compile measurement (internal)
     args = parser.parse_args(argv)
+    if args._probe:
+        print(json.dumps(compile_probe(json.loads(args._probe))))
+        return {}
     repeats = args.repeats or (1 if args.quick else 7)
     train_repeats = args.train_repeats or (1 if args.quick else 3)
     device = torch.device(args.device)
@@ -210,6 +292,13 @@ def main(argv=None) -> dict:
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
                 f"CPU ({platform.processor() or platform.machine()})", torch=torch.__version__,
                 threads=torch.get_num_threads(), repeats=repeats, train_repeats=train_repeats, batch=batch, size=size)
+    if args.compile:
+        rows = bench_compile(device, args.quick, 2 if not args.quick else 1, size, 3 if not args.quick else 1)
+        print(compile_markdown(rows, dict(meta, batch=2 if not args.quick else 1)))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(meta=meta, compile=rows), f, indent=2)
+        return dict(meta=meta, compile=rows)
     torch.manual_seed(0)
     agg = bench_aggregation(device, repeats, args.quick)
     attention = bench_attention(device, repeats, args.quick)

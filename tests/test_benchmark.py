@@ -20,3 +20,15 @@ def test_benchmark_quick_runs(tmp_path):
     assert rows["san10_pair"]["train_images_per_s"] > 0 and "train_images_per_s" not in rows[
         "san10_pair (unfused attention)"]  # training runs the same operators with or without fused inference
     assert (tmp_path / "b.json").is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_compile_table_runs(tmp_path):
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    result = main(["san", "--compile", "--quick"])
+    rows = {(r["model"], r["mode"]): r for r in result["compile"]}
+    assert set(rows) == {("san10_pair", "eval"), ("resnet26", "eval")}
+    assert rows["san10_pair", "eval"]["graph_breaks"] == 0 and rows["san10_pair", "eval"]["graphs"] == 1
+    assert all(r["first_call_s"] > 0 and r["compiled_ms"] > 0 for r in rows.values())

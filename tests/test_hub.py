@@ -1,5 +1,6 @@
 """Hub-ready folders, model cards and the published-variant configs."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def _overwrite_middle(path: Path, n: int = 64) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_damaged_weights_are_refused_by_every_loader(tmp_path):
+def test_damaged_weights_are_refused_by_every_loader(tmp_path, caplog):
     from transformers import AutoModelForImageClassification
 
     from relzoo import SANForImageClassification
@@ -114,6 +115,19 @@ def test_damaged_weights_are_refused_by_every_loader(tmp_path):
                  lambda: timm.create_model("san10_pair", **kw)):
         with pytest.raises(ChecksumError, match=r"model\.safetensors' is damaged: its SHA-256 differs"):
             load()  # ... the manifest is not
+    truncated = tmp_path / "truncated"
+    shutil.copytree(folder, truncated)
+    (truncated / "model.safetensors").write_bytes(file.read_bytes()[:-1000])
+    with pytest.raises(ChecksumError, match=r"is damaged: .*truncated or extended"):
+        SANForImageClassification.from_pretrained(truncated)
+    # a file replaced on purpose by one holding other tensors (another header) loads as transformers would: here it
+    # lacks every weight, which transformers reports as missing keys
+    from safetensors.torch import save_file
+
+    save_file({"other": torch.ones(2)}, file, metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="relzoo.checksums"):
+        _, info = SANForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert "holds other tensors" in caplog.text and "san.stem.conv.weight" in info["missing_keys"]
     (folder / MANIFEST).unlink()  # folders written by other tools have no manifest and load as before
     SANForImageClassification.from_pretrained(folder)
     # save_pretrained of relzoo models writes the manifest too; a missing listed file is named

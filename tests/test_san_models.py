@@ -355,7 +355,7 @@ def test_convert_official_checkpoint(tmp_path, variant):
     subprocess.run([sys.executable, "scripts/convert_san.py", "--variant", variant, "--checkpoint", str(ckpt),
                     "--output", str(out)], check=True, capture_output=True)
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json",
-                                               "README.md", "checksums.sha256"}
+                                               "README.md", "checksums.json"}
     hf = SANForImageClassification.from_pretrained(out).eval()
     assert hf.config.id2label[0] == "tench, Tinca tinca" and hf.config.label2id["goldfish, Carassius auratus"] == 1
     for k, v in src.state_dict().items():

@@ -72,7 +72,7 @@ def test_outputs_are_a_hub_ready_folder(tmp_path):
     res = train_classifier(_args(tmp_path, epochs=1, checkpoint_every=0))
     folder = Path(res["model_dir"])
     assert {p.name for p in folder.iterdir()} == {"README.md", "config.json", "model.safetensors",
-                                                  "preprocessor_config.json", "checksums.sha256"}
+                                                  "preprocessor_config.json", "checksums.json"}
     card = (folder / "README.md").read_text()
     assert "library_name: transformers" in card and "top1" in card and "digits" in card
     model = AutoModelForImageClassification.from_pretrained(folder)
@@ -220,6 +220,6 @@ def test_resume_without_any_usable_checkpoint_or_from_another_run_says_so(tmp_pa
     with pytest.raises(RunMismatchError, match="dataset: 'digits' there, 'fashion_mnist' here"):
         train_classifier(_args(tmp_path, resume=True, dataset="fashion_mnist", train_samples=24))
     for ckpt in (tmp_path / "checkpoints").iterdir():
-        (ckpt / "checksums.sha256").unlink()
-    with pytest.raises(RuntimeError, match=r"none of the 2 checkpoints .* is usable .*checksums\.sha256' is missing"):
+        (ckpt / "checksums.json").unlink()
+    with pytest.raises(RuntimeError, match=r"none of the 2 checkpoints .* is usable .*checksums\.json' is missing"):
         train_classifier(_args(tmp_path, resume=True))

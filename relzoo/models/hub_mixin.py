@@ -1,6 +1,6 @@
 """What every relzoo ``PreTrainedModel`` adds to transformers' saving and loading: a checksum manifest.
 
-``save_pretrained`` writes ``checksums.sha256`` over the tensor files it wrote; ``from_pretrained`` verifies it
+``save_pretrained`` writes ``checksums.json`` over the tensor files it wrote; ``from_pretrained`` verifies it
 before reading weights, so a file damaged after it was written fails with an error naming it instead of loading
 into a model with non-finite outputs (see :mod:`relzoo.checksums`). Folders without a manifest (written by other
 tools) load as usual.
@@ -27,7 +27,7 @@ class ChecksummedPretrainedMixin:
         if pretrained_model_name_or_path is not None:
             folder, in_cache = _manifest_folder(pretrained_model_name_or_path, kwargs)
             if folder is not None:
-                verify_checksums(folder, missing_ok=in_cache)
+                verify_checksums(folder, missing_ok=in_cache, replaced_ok=True)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 

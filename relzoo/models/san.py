@@ -514,8 +514,8 @@ def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
     if pretrained:
         _resolve_pretrained(variant, kwargs)
         file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
-        if file and os.path.isfile(file):  # a folder relzoo wrote lists its weights in checksums.sha256
-            verify_checksums(os.path.dirname(file), only=[os.path.basename(file)])
+        if file and os.path.isfile(file):  # a folder relzoo wrote lists its weights in checksums.json
+            verify_checksums(os.path.dirname(file), only=[os.path.basename(file)], replaced_ok=True)
     model_args = dict(SAN_VARIANTS[variant], **kwargs)
     return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True), **model_args)

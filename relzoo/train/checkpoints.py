@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``step_<N>`` holding Accelerate's ``save_state`` output (model, optimizer, scheduler, each
 process's RNG, registered objects such as the step counter), ``run.json`` (what identifies the run: model, data,
-batch layout) and ``checksums.sha256`` over every file. It is written under a temporary name and renamed into place
+batch layout) and ``checksums.json`` over every file. It is written under a temporary name and renamed into place
 once complete, so a crash never leaves a half-written ``step_<N>``.
 
 Resume takes the newest checkpoint whose files are all present and intact; a damaged one is named, with the file
