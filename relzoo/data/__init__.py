@@ -18,4 +18,5 @@ from .transforms import (
 )
 
 __all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
-           "UnreadableImageError", "build_transform", "collate_images", "class_names", "load_digits", "load_fashion_mnist", "load_image_dataset", "read_idx"]
+           "UnreadableImageError", "build_transform", "class_names", "collate_images", "load_digits",
+           "load_fashion_mnist", "load_image_dataset", "read_idx"]

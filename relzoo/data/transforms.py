@@ -34,7 +34,11 @@ def build_transform(image_size: int, train: bool, mean=IMAGENET_MEAN, std=IMAGEN
 
 
 class UnreadableImageError(ValueError):
-    """An image of a dataset cannot be decoded (truncated, damaged or not an image)."""
+    """An image of a dataset cannot be decoded (truncated, damaged or not an image); ``source`` names it."""
+
+    def __init__(self, message: str, source: str | None = None):
+        super().__init__(message)
+        self.source = source
 
 
 # what PIL raises for damaged files: truncated data and unknown formats (OSError), broken chunks (SyntaxError),
@@ -86,11 +90,11 @@ class TransformedImageDataset(torch.utils.data.Dataset):
             row = self.ds[int(index)]
             return row["image"].convert(self.mode), int(row["label"])
         except _DECODE_ERRORS as err:
-            detail = f"{type(err).__name__}: {err}"
+            source = self.source(index)
             raise UnreadableImageError(
-                f"unreadable image {self.source(index)} (row {index}): {detail}. Remove or replace the file, or pass "
-                "--skip_unreadable_images (skip_unreadable=True) to leave unreadable images out (they are counted "
-                "and listed at the end)") from err
+                f"unreadable image {source} (row {index}): {type(err).__name__}: {err}. Remove or replace the file, or "
+                "pass --skip_unreadable_images (skip_unreadable=True) to leave unreadable images out (they are "
+                "counted and listed at the end)", source) from err
 
     def __getitem__(self, index: int) -> dict:
         skipped, sample = [], int(index)
@@ -98,10 +102,10 @@ class TransformedImageDataset(torch.utils.data.Dataset):
             try:
                 image, label = self._read(sample)
                 break
-            except UnreadableImageError:
+            except UnreadableImageError as err:
                 if not self.skip_unreadable:
                     raise
-                skipped.append(self.source(sample))
+                skipped.append(err.source)
                 sample = (sample + 1) % len(self)
                 if sample == index:
                     raise UnreadableImageError(f"no image of the dataset ({len(self)} rows) can be read") from None

@@ -92,9 +92,10 @@ class ClassifierTrainingArguments:
         at_least = {"batch_size": 1, "eval_batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1,
                     "keep_checkpoints": 1, "checkpoint_every": 0, "num_workers": 0, "recalibrate_bn_batches": 0,
                     "train_samples": 1, "eval_samples": 1, "stop_after_steps": 1}
+        optional = ("train_samples", "eval_samples", "stop_after_steps")  # None: all samples / no stop
         for name, low in at_least.items():
             value = getattr(self, name)
-            if value is None and name in ("train_samples", "eval_samples", "stop_after_steps"):
+            if value is None and name in optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}" + (" or None (all)" if "samples" in name
