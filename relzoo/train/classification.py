@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointManager
+from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
 
 
 @dataclass
@@ -136,19 +134,6 @@ def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: floa
     return ((1 - eps) * nll + eps / (k - 1) * others).mean()
 
 
-class TrainState:
-    """Step counter saved with every checkpoint (``accelerate.register_for_checkpointing``)."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
 def _lr_factor(schedule: str, steps_per_epoch: int, epochs: int, total_steps: int):
     def factor(step: int) -> float:
         if schedule == "constant":
@@ -228,22 +213,11 @@ def recalibrate_batchnorm(model, dataloader, num_batches: int, accelerator) -> N
             module.running_var.copy_(reduce(module.running_var, reduction="mean"))
 
 
-def replicas_in_sync(model, accelerator) -> bool:
-    """Whether every process holds bit-identical parameters and buffers (a float64 checksum gathered from all)."""
-    net = accelerator.unwrap_model(model)
-    tensors = list(net.parameters()) + [b for b in net.buffers() if b.is_floating_point()]
-    local = torch.stack([t.detach().double().sum() for t in tensors] + [torch.zeros((), dtype=torch.float64)])
-    gathered = accelerator.gather(local.to(accelerator.device)[None]).view(accelerator.num_processes, -1)
-    return bool((gathered == gathered[0]).all().item())
-
-
 def train_classifier(args: ClassifierTrainingArguments) -> dict:
     """Train, evaluate and save; returns a summary dict (also written to ``output_dir/results.json``)."""
     import timm
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import set_seed
     from timm.data import resolve_data_config
-    from tqdm.auto import tqdm
 
     import relzoo  # noqa: F401  (registers relzoo models with timm)
 
@@ -251,15 +225,9 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     from ..hub import save_hub_folder
 
     args.validate()
-    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-                              step_scheduler_with_optimizer=False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != world:
-        raise RuntimeError(f"launched as {world} processes but Accelerate runs {accelerator.num_processes}: on CPU use "
-                           "`accelerate launch --multi_gpu --num_processes N ...` (the script passes cpu=True)")
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
     set_seed(args.seed)
-    out_dir, ckpt_dir = Path(args.output_dir), Path(args.output_dir) / "checkpoints"
+    out_dir = Path(args.output_dir)
 
     train_hf = _subset(load_image_dataset(args.dataset, args.train_split), args.train_samples, args.seed)
     eval_hf = _subset(load_image_dataset(args.dataset, args.eval_split), args.eval_samples, args.seed)
@@ -293,62 +261,30 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         total_steps = min(total_steps, args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(args.schedule, steps_per_epoch, args.epochs, total_steps))
-    state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
     run = {"model": args.model, "model_kwargs": resolve_model_kwargs(args), "in_chans": args.in_chans,
            "num_classes": len(names), "dataset": args.dataset, "train_split": args.train_split,
            "train_samples": args.train_samples, "seed": args.seed, "batch_size": args.batch_size,
            "num_processes": accelerator.num_processes}
-    checkpoints = CheckpointManager(accelerator, ckpt_dir, run, keep=args.keep_checkpoints)
-    resumed_from = None
+    engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total_steps,
+                            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                            keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
+                            epoch_hooks=[train_ds])
     if args.resume:
-        ckpt = checkpoints.resume()
-        if ckpt is None:
-            accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting from scratch")
-        else:
-            resumed_from = state.step
-            accelerator.print(f"resumed from {ckpt} at step {state.step}")
+        engine.resume()
     accelerator.print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
                       f"{len(train_ds)} train / {len(eval_ds)} eval samples | {accelerator.num_processes} process(es) "
                       f"({accelerator.distributed_type}) | {steps_per_epoch} steps/epoch, {total_steps} steps")
+    skipped = set()
 
-    start, last_loss = time.time(), float("nan")
-    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    interrupted, skipped = False, set()
-    while state.step < total_steps and not interrupted:
-        epoch, skip = divmod(state.step, steps_per_epoch)
-        train_dl.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-        model.train()
-        for batch in loader:
-            skipped.update(batch["skipped"])
-            with accelerator.autocast():
-                logits = model(batch["pixel_values"])
-            loss = smoothed_cross_entropy(logits, batch["labels"], args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            bar.update(1)
-            if state.step % args.log_every == 0 or state.step == total_steps:
-                last_loss = accelerator.gather(loss.detach()[None]).mean().item()
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4g}", epoch=epoch)
-            if args.checkpoint_every and state.step % args.checkpoint_every == 0:
-                checkpoints.save(state.step)
-            if args.stop_after_steps is not None and state.step >= args.stop_after_steps:
-                interrupted = True
-                break
-            if state.step >= total_steps:
-                break
-    bar.close()
-    train_time = time.time() - start
-    summary = {"model": args.model, "dataset": args.dataset, "steps": state.step, "train_time_s": round(train_time, 1),
-               "num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
-               "last_train_loss": last_loss, "resumed_from_step": resumed_from, "lr": lr}
-    if interrupted:
-        summary["interrupted"] = True
+    def step(batch):
+        skipped.update(batch["skipped"])
+        with accelerator.autocast():
+            logits = model(batch["pixel_values"])
+        return smoothed_cross_entropy(logits, batch["labels"], args.label_smoothing)
+
+    summary = {"model": args.model, "dataset": args.dataset, **engine.fit(step), "lr": lr}
+    train_time = summary["train_time_s"]
+    if summary.get("interrupted"):
         return summary
     if args.recalibrate_bn_batches:
         recalibrate_batchnorm(model, train_dl, args.recalibrate_bn_batches, accelerator)
@@ -370,9 +306,6 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
                 training=dataclasses.asdict(args))
             summary["model_dir"] = str(folder)
             accelerator.print(f"Hub-ready model folder: {folder}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".results.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out_dir / "results.json")
+        write_json_atomic(out_dir / "results.json", summary)
     accelerator.wait_for_everyone()
     return summary
