@@ -1,0 +1,211 @@
+"""Few-shot heads: CrossTransformers' query-aligned prototypes and ProtoNet's mean prototypes.
+
+CrossTransformers (Doersch, Gupta, Zisserman, NeurIPS 2020), for a query image with positions ``p`` and the support
+images ``j`` of class ``c`` with positions ``m``::
+
+    k_jm = W_k s_jm,  q_p = W_k x_p          (one bias-free 1x1 projection for keys and queries, d_k channels)
+    v_jm = W_v s_jm,  w_p = W_v x_p          (one bias-free 1x1 projection for support and query values, d_v)
+    a^c_{jm,p} = softmax over all (j in c, m) of  <k_jm, q_p> / sqrt(d_k)     (one softmax per class and position)
+    t^c_p = sum_{j in c, m} a^c_{jm,p} v_jm                                   (query-aligned prototype)
+    d(x, c) = mean_p || t^c_p - w_p ||^2,   logits = -d
+
+Support positions are handled as one flat list (every position of every support image, with its image's class),
+so classes may have any number of shots and support images any size different from the queries'.
+
+:func:`cross_attention_logits_reference` loops over queries and classes and reads like the equations above.
+:func:`cross_attention_logits` computes a chunk of queries at a time with two matrix products against all support
+positions (a per-class softmax through a one-hot class matrix) and, when gradients are needed, recomputes each chunk
+in the backward pass (``torch.utils.checkpoint``), so its peak memory is set by ``chunk_size``, not by the number of
+queries (the official implementation rematerialises one query at a time for the same reason).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["CrossAttentionHead", "check_support_labels", "cross_attention_logits", "cross_attention_logits_reference",
+           "prototype_logits", "prototype_logits_reference"]
+
+
+def check_support_labels(support_labels: torch.Tensor, num_support: int, num_classes: int | None = None) -> int:
+    """Validate episode labels ``(S,)``: integers, one per support image, covering ``0..N-1`` with every class
+    present. Returns ``N``. Raises a ``ValueError``/``TypeError`` naming what is wrong."""
+    if not isinstance(support_labels, torch.Tensor):
+        raise TypeError(f"`support_labels` must be a tensor of class indices (S,), got {type(support_labels).__name__}")
+    if support_labels.dtype.is_floating_point or support_labels.dtype.is_complex or support_labels.dtype == torch.bool:
+        raise TypeError(f"`support_labels` must hold integer class indices, got dtype {support_labels.dtype}")
+    if support_labels.ndim != 1 or support_labels.shape[0] != num_support:
+        raise ValueError(f"`support_labels` must have shape ({num_support},) (one label per support image), got "
+                         f"{tuple(support_labels.shape)}")
+    if num_support == 0:
+        raise ValueError("the support set is empty: every episode needs at least one support image per class")
+    low, high = int(support_labels.min()), int(support_labels.max())
+    n = num_classes if num_classes is not None else high + 1
+    if low < 0 or high >= n:
+        raise ValueError(f"`support_labels` must be class indices in 0..{n - 1}, got values in {low}..{high}")
+    counts = torch.bincount(support_labels.long(), minlength=n)
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"`support_labels` must give every class 0..{n - 1} at least one support image; class(es) "
+                         f"{empty} have none (labels present: {sorted(set(support_labels.tolist()))})")
+    return n
+
+
+def _class_onehot(support_labels: torch.Tensor, positions: int, num_classes: int, dtype) -> torch.Tensor:
+    """``(S * positions, N)`` one-hot class matrix of the flat support positions."""
+    return F.one_hot(support_labels.long().repeat_interleave(positions), num_classes).to(dtype)
+
+
+def _chunk_logits(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, value_blocks: torch.Tensor,
+                  pos_class: torch.Tensor, num_classes: int, scale: float) -> torch.Tensor:
+    """Logits of a chunk of queries. ``q (B, P, dk)``, ``w (B, P, dv)``, ``keys (M, dk)``,
+    ``value_blocks (M, N * dv + N)`` (values placed in their class's block, then the class one-hot),
+    ``pos_class (M,)`` -> ``(B, N)``."""
+    logits = torch.einsum("bpk,mk->bpm", q, keys) * scale
+    # per-class maximum (a constant shift within each class's softmax, so it is taken without gradient)
+    index = pos_class.expand(*logits.shape[:-1], -1)
+    peak = logits.new_full((*logits.shape[:-1], num_classes), -torch.inf).scatter_reduce(
+        -1, index, logits.detach(), "amax", include_self=True)
+    e = torch.exp(logits - peak.gather(-1, index))
+    sums = e @ value_blocks                       # (B, P, N * dv + N): unnormalised prototypes and softmax sums
+    dv = w.shape[-1]
+    proto = rearrange(sums[..., : num_classes * dv], "b p (n d) -> b p n d", n=num_classes)
+    proto = proto / sums[..., num_classes * dv:, None]
+    return -(proto - w[:, :, None]).pow(2).sum(-1).mean(1)
+
+
+def cross_attention_logits(query_keys: torch.Tensor, query_values: torch.Tensor, support_keys: torch.Tensor,
+                           support_values: torch.Tensor, support_labels: torch.Tensor, num_classes: int,
+                           chunk_size: int | None = 8, return_attention: bool = False):
+    """CrossTransformers logits, fast path.
+
+    Args:
+        query_keys: ``(Q, P, d_k)`` projected query positions (``P = H' * W'``).
+        query_values: ``(Q, P, d_v)``.
+        support_keys: ``(S, M, d_k)`` projected support positions (``M = H * W``).
+        support_values: ``(S, M, d_v)``.
+        support_labels: ``(S,)`` class of each support image in ``0..num_classes-1``, every class present.
+        num_classes: ``N``.
+        chunk_size: queries computed together (and, under autograd, recomputed together in the backward pass);
+            ``None`` or 0: all at once without recomputation.
+        return_attention: also return the attention weights ``(Q, P, S, M)`` (each class's weights over its own
+            support positions sum to 1). They take ``Q * P * S * M`` floats.
+
+    Returns:
+        logits ``(Q, N)`` = minus the mean over query positions of the squared distance to the query-aligned
+        prototype (and the attention weights when asked).
+    """
+    num_support, positions, dk = support_keys.shape
+    scale = 1.0 / math.sqrt(dk)
+    keys = support_keys.reshape(num_support * positions, dk)
+    values = support_values.reshape(num_support * positions, -1)
+    onehot = _class_onehot(support_labels, positions, num_classes, values.dtype)            # (M_all, N)
+    value_blocks = torch.cat([rearrange(onehot[:, :, None] * values[:, None], "m n d -> m (n d)"), onehot], dim=1)
+    pos_class = support_labels.long().repeat_interleave(positions)
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (query_keys, query_values, keys, values))
+    step = query_keys.shape[0] if not chunk_size else chunk_size
+    out = []
+    for start in range(0, query_keys.shape[0], max(step, 1)):
+        args = (query_keys[start:start + step], query_values[start:start + step], keys, value_blocks, pos_class,
+                num_classes, scale)
+        if recompute and chunk_size:
+            out.append(checkpoint(_chunk_logits, *args, use_reentrant=False))
+        else:
+            out.append(_chunk_logits(*args))
+    logits = torch.cat(out) if out else query_keys.new_zeros(0, num_classes)
+    if not return_attention:
+        return logits
+    return logits, cross_attention_weights(query_keys, support_keys, support_labels, num_classes)
+
+
+def cross_attention_weights(query_keys: torch.Tensor, support_keys: torch.Tensor, support_labels: torch.Tensor,
+                            num_classes: int) -> torch.Tensor:
+    """Attention of every query position over every support position: ``(Q, P, S, M)``; for each query position the
+    weights over the positions of one class's support images sum to 1."""
+    num_support, positions, dk = support_keys.shape
+    logits = torch.einsum("qpk,smk->qpsm", query_keys, support_keys) / math.sqrt(dk)
+    weights = torch.empty_like(logits)
+    for c in range(num_classes):
+        idx = (support_labels == c).nonzero().flatten()
+        block = logits[:, :, idx].flatten(2).softmax(-1)
+        weights[:, :, idx] = block.view(*logits.shape[:2], len(idx), positions)
+    return weights
+
+
+def cross_attention_logits_reference(query_keys: torch.Tensor, query_values: torch.Tensor,
+                                     support_keys: torch.Tensor, support_values: torch.Tensor,
+                                     support_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """CrossTransformers logits, one query and one class at a time (slow, obviously right). Same arguments and
+    result as :func:`cross_attention_logits`."""
+    dk = support_keys.shape[-1]
+    rows = []
+    for q in range(query_keys.shape[0]):
+        row = []
+        for c in range(num_classes):
+            members = support_labels == c
+            keys_c = support_keys[members].reshape(-1, dk)                  # every position of every shot of c
+            values_c = support_values[members].reshape(-1, support_values.shape[-1])
+            attention = (query_keys[q] @ keys_c.T / math.sqrt(dk)).softmax(dim=-1)   # (P, shots * M)
+            prototype = attention @ values_c                                          # (P, d_v)
+            row.append(-((prototype - query_values[q]) ** 2).sum(-1).mean())
+        rows.append(torch.stack(row))
+    return torch.stack(rows) if rows else query_keys.new_zeros(0, num_classes)
+
+
+class CrossAttentionHead(nn.Module):
+    """The CrossTransformers head on backbone feature maps.
+
+    ``forward(query_features (Q, C, H', W'), support_features (S, C, H, W), support_labels (S,), num_classes)``
+    -> logits ``(Q, N)``. One bias-free 1x1 projection makes keys and queries (``key_dim``), another makes support
+    and query values (``value_dim``). ``implementation="reference"`` uses the per-query, per-class loop.
+    """
+
+    def __init__(self, in_channels: int, key_dim: int = 128, value_dim: int = 128, chunk_size: int | None = 8,
+                 implementation: str = "fast"):
+        super().__init__()
+        if implementation not in ("fast", "reference"):
+            raise ValueError(f"`implementation` must be 'fast' or 'reference', got {implementation!r}")
+        self.key_proj = nn.Conv2d(in_channels, key_dim, 1, bias=False)     # shared by keys and queries
+        self.value_proj = nn.Conv2d(in_channels, value_dim, 1, bias=False)  # shared by support and query values
+        self.chunk_size, self.implementation = chunk_size, implementation
+
+    def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, H, W)`` -> keys ``(B, H*W, key_dim)`` and values ``(B, H*W, value_dim)``."""
+        keys = rearrange(self.key_proj(features), "b k h w -> b (h w) k")
+        values = rearrange(self.value_proj(features), "b d h w -> b (h w) d")
+        return keys, values
+
+    def forward(self, query_features: torch.Tensor, support_features: torch.Tensor, support_labels: torch.Tensor,
+                num_classes: int, return_attention: bool = False, support_projection=None):
+        support_keys, support_values = support_projection or self.project(support_features)
+        query_keys, query_values = self.project(query_features)
+        if self.implementation == "reference":
+            logits = cross_attention_logits_reference(query_keys, query_values, support_keys, support_values,
+                                                      support_labels, num_classes)
+            if return_attention:
+                return logits, cross_attention_weights(query_keys, support_keys, support_labels, num_classes)
+            return logits
+        return cross_attention_logits(query_keys, query_values, support_keys, support_values, support_labels,
+                                      num_classes, self.chunk_size, return_attention)
+
+
+def prototype_logits(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor, support_labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """ProtoNet: class prototypes are the means of their support embeddings; logits are minus the squared Euclidean
+    distance. ``query_embeddings (Q, D)``, ``support_embeddings (S, D)``, ``support_labels (S,)`` -> ``(Q, N)``."""
+    onehot = F.one_hot(support_labels.long(), num_classes).to(support_embeddings.dtype)       # (S, N)
+    prototypes = (onehot.T @ support_embeddings) / onehot.sum(0)[:, None]                     # (N, D)
+    return -(query_embeddings.pow(2).sum(-1, keepdim=True) - 2 * query_embeddings @ prototypes.T
+             + prototypes.pow(2).sum(-1))
+
+
+def prototype_logits_reference(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor,
+                               support_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """ProtoNet logits class by class (slow, obviously right)."""
+    prototypes = torch.stack([support_embeddings[support_labels == c].mean(0) for c in range(num_classes)])
+    return -((query_embeddings[:, None] - prototypes[None]) ** 2).sum(-1)
