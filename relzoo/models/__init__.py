@@ -1,5 +1,13 @@
 """Model families. Importing this package registers every family with timm and the transformers Auto classes."""
-from . import san  # noqa: F401  (family list: add one import per family)
+from . import fewshot, san  # noqa: F401  (family list: add one import per family)
+from .fewshot import (
+                      AutoModelForFewShotClassification,
+                      CrossTransformerConfig,
+                      CrossTransformerForFewShotClassification,
+                      FewShotClassifierOutput,
+                      ProtoNetConfig,
+                      ProtoNetForFewShotClassification,
+)
 from .san import (
                   SAN,
                   SAN_VARIANTS,
@@ -10,5 +18,7 @@ from .san import (
                   san_image_processor,
 )
 
-__all__ = ["SAN", "SAN_VARIANTS", "SANConfig", "SANForImageClassification", "SANModel", "SANPreTrainedModel",
-           "san_image_processor"]
+__all__ = ["SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "CrossTransformerConfig",
+           "CrossTransformerForFewShotClassification", "FewShotClassifierOutput", "ProtoNetConfig",
+           "ProtoNetForFewShotClassification", "SANConfig", "SANForImageClassification", "SANModel",
+           "SANPreTrainedModel", "san_image_processor"]

@@ -1,0 +1,463 @@
+"""Few-shot classifiers on any timm backbone: CrossTransformers (Doersch, Gupta, Zisserman, "CrossTransformers:
+spatially-aware few-shot transfer", NeurIPS 2020) and the ProtoNet baseline it is measured against (Snell et al.,
+"Prototypical Networks for Few-shot Learning", NeurIPS 2017).
+
+transformers:  ``CrossTransformerConfig`` (model_type ``"crosstransformer"``) /
+               ``CrossTransformerForFewShotClassification`` and ``ProtoNetConfig`` (``"protonet"``) /
+               ``ProtoNetForFewShotClassification``, registered with ``AutoConfig``, ``AutoModel`` and relzoo's
+               ``AutoModelForFewShotClassification``.
+
+An episode is ``support_pixel_values (S, C, H, W)`` with ``support_labels (S,)`` in ``0..N-1`` (any number of shots
+per class) and ``query_pixel_values (Q, C, H', W')`` (another size is fine). ``model.set_support(...)`` embeds a
+support set once; ``model(query_pixel_values=...)`` then classifies any number of query batches against it.
+
+The backbone is any timm model by name, with its spatial features kept (``num_classes=0, global_pool=""``); the
+default is the official ``resnet34`` with ``output_stride=16`` (a 14x14x512 map at 224 px). In training, queries can
+be normalised with the support set's BatchNorm statistics, gradients flowing through them, as the official model
+does (``query_bn_stats="support"``, the default); evaluation uses the running statistics.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from ..layers.crosstransformer import CrossAttentionHead, check_support_labels, prototype_logits
+from .hub_mixin import ChecksummedPretrainedMixin
+
+__all__ = ["AutoModelForFewShotClassification", "CrossTransformerConfig", "CrossTransformerForFewShotClassification",
+           "FewShotClassifierOutput", "FewShotPreTrainedModel", "ProtoNetConfig", "ProtoNetForFewShotClassification",
+           "SupportBatchNorm", "build_backbone", "spatial_features"]
+
+QUERY_BN_STATS = ("support", "batch")
+DEFAULT_BACKBONE_KWARGS = {"output_stride": 16}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backbone
+# ----------------------------------------------------------------------------------------------------------------
+def build_backbone(name: str, kwargs: dict | None = None, in_chans: int = 3, pretrained: bool = False) -> nn.Module:
+    """A timm model with its spatial features kept (no pooling, no classifier)."""
+    import timm
+
+    import relzoo  # noqa: F401  (relzoo's own timm models are valid backbones too)
+
+    if not timm.is_model(name):
+        raise ValueError(f"`backbone` must be a timm model name, got {name!r} (see timm.list_models())")
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
+                             **(kwargs or {}))
+
+
+def spatial_features(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``backbone.forward_features`` as a map ``(B, C, h, w)``. Token outputs ``(B, L, C)`` (ViTs) lose their prefix
+    tokens and are laid out on a square grid when ``L`` is a square, else as ``(B, C, L, 1)``."""
+    x = backbone.forward_features(pixel_values)
+    if x.ndim == 4:
+        return x
+    if x.ndim != 3:
+        raise ValueError(f"backbone {type(backbone).__name__} returned features of shape {tuple(x.shape)}; expected a "
+                         "map (B, C, h, w) or tokens (B, L, C)")
+    x = x[:, getattr(backbone, "num_prefix_tokens", 0):]
+    side = math.isqrt(x.shape[1])
+    grid = (side, side) if side * side == x.shape[1] else (x.shape[1], 1)
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
+
+
+class SupportBatchNorm:
+    """Normalise queries with the support set's BatchNorm moments: run the support images under ``recording()`` and
+    the queries under ``applying()``.
+
+    Forward hooks on every BatchNorm of a backbone: while ``recording``, each BatchNorm (in training mode) keeps the
+    batch mean and variance of its input; while ``applying``, each normalises its input with the kept moments
+    (gradients flow through them) instead of its own batch statistics, and leaves the running statistics alone."""
+
+    def __init__(self, backbone: nn.Module):
+        self.norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mode = None
+
+    def _record(self, module, args):
+        x = args[0]
+        dims = [0, *range(2, x.ndim)]
+        self.moments[id(module)] = (x.mean(dims), x.var(dims, unbiased=False))
+
+    def _apply(self, module, args, output):
+        x = args[0]
+        mean, var = self.moments[id(module)]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+        if module.affine:
+            y = y * module.weight.view(shape) + module.bias.view(shape)
+        for extra in ("drop", "act"):  # timm's BatchNormAct2d: batch norm, then dropout, then activation
+            if isinstance(getattr(module, extra, None), nn.Module):
+                y = getattr(module, extra)(y)
+        return y
+
+    @contextlib.contextmanager
+    def recording(self):
+        self.moments.clear()
+        handles = [m.register_forward_pre_hook(self._record) for m in self.norms if m.training]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def applying(self):
+        active = [m for m in self.norms if m.training and id(m) in self.moments]
+        handles = [m.register_forward_hook(self._apply) for m in active]
+        for m in active:
+            m.train(False)  # its own forward then neither uses nor updates batch statistics
+        try:
+            yield
+        finally:
+            for m in active:
+                m.train(True)
+            for h in handles:
+                h.remove()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------------------------
+def check_images(name: str, x, channels: int, dtype: torch.dtype, allow_empty: bool = False) -> None:
+    """``x`` must be a floating-point ``(B, channels, H, W)`` tensor of the model's dtype (any float under autocast)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, {channels}, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"`{name}` must be 4D (B, {channels}, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor (normalised images), got dtype {x.dtype}")
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"`{name}` must have the model's dtype {dtype}, got {x.dtype}: convert the input or the model")
+    if x.shape[1] != channels:
+        raise ValueError(f"`{name}` must have {channels} channels (num_channels), got {x.shape[1]} "
+                         f"(shape {tuple(x.shape)})")
+    if x.shape[0] == 0 and not allow_empty:
+        what = "support set is empty" if name.startswith("support") else "query batch is empty"
+        raise ValueError(f"`{name}` holds no image (shape {tuple(x.shape)}): the {what}")
+
+
+def check_query_labels(query_labels, num_queries: int, num_classes: int) -> None:
+    if not isinstance(query_labels, torch.Tensor) or query_labels.dtype.is_floating_point \
+            or query_labels.dtype == torch.bool:
+        raise TypeError(f"`query_labels` must be an integer tensor ({num_queries},), got "
+                        f"{getattr(query_labels, 'dtype', type(query_labels).__name__)}")
+    if query_labels.shape != (num_queries,):
+        raise ValueError(f"`query_labels` must have shape ({num_queries},) (one per query image), got "
+                         f"{tuple(query_labels.shape)}")
+    if num_queries and (int(query_labels.min()) < 0 or int(query_labels.max()) >= num_classes):
+        raise ValueError(f"`query_labels` must be class indices in 0..{num_classes - 1} (the episode has {num_classes} "
+                         f"classes), got values in {int(query_labels.min())}..{int(query_labels.max())}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configs
+# ----------------------------------------------------------------------------------------------------------------
+def _check_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats) -> dict:
+    if not isinstance(backbone, str) or not backbone:
+        raise ValueError(f"`backbone` must be a timm model name (str), got {backbone!r}")
+    if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
+        raise ValueError(f"`backbone_kwargs` must be a dict of timm.create_model arguments or None, got "
+                         f"{backbone_kwargs!r}")
+    for key in ("num_classes", "global_pool", "in_chans", "pretrained"):
+        if key in (backbone_kwargs or {}):
+            raise ValueError(f"`backbone_kwargs` must not set {key!r} (the model sets it; use num_channels / "
+                             "backbone_pretrained)")
+    if not isinstance(backbone_pretrained, bool):
+        raise ValueError(f"`backbone_pretrained` must be a bool, got {backbone_pretrained!r}")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        raise ValueError(f"`num_channels` must be a positive int, got {num_channels!r}")
+    if query_bn_stats not in QUERY_BN_STATS:
+        raise ValueError(f"`query_bn_stats` must be one of {QUERY_BN_STATS}, got {query_bn_stats!r}")
+    return dict(DEFAULT_BACKBONE_KWARGS) if backbone_kwargs is None and backbone == "resnet34" else \
+        dict(backbone_kwargs or {})
+
+
+class _FewShotConfig(PreTrainedConfig):
+    def _set_common(self, backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats):
+        self.backbone_kwargs = _check_common(backbone, backbone_kwargs, backbone_pretrained, num_channels,
+                                             query_bn_stats)
+        self.backbone, self.backbone_pretrained = backbone, backbone_pretrained
+        self.num_channels, self.query_bn_stats = num_channels, query_bn_stats
+
+
+class CrossTransformerConfig(_FewShotConfig):
+    r"""Configuration of a CrossTransformers few-shot classifier (``model_type="crosstransformer"``). Defaults are the
+    official model.
+
+    Args:
+        backbone (`str`, defaults to `"resnet34"`): timm model name; its spatial feature map is kept.
+        backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments; `None` gives `{"output_stride": 16}`
+            for the default `resnet34` (14x14 maps at 224 px, as the official model) and `{}` otherwise.
+        backbone_pretrained (`bool`, defaults to `False`): start the backbone from timm's pretrained weights (the
+            released configuration trains from scratch).
+        num_channels (`int`, defaults to 3): input image channels.
+        key_dim (`int`, defaults to 128): d_k of the bias-free key/query projection (one weight for both).
+        value_dim (`int`, defaults to 128): d_v of the bias-free value projection (one weight for support and query).
+        chunk_size (`int`, defaults to 8): queries computed (and recomputed for gradients) together; bounds the
+            head's peak memory. 0: all queries at once, no recomputation.
+        query_bn_stats (`str`, defaults to `"support"`): in training, normalise queries with the support set's
+            BatchNorm moments (`"support"`, official) or with their own batch statistics (`"batch"`).
+        implementation (`str`, defaults to `"fast"`): `"fast"` batched head or `"reference"` per-query loop.
+    """
+
+    model_type = "crosstransformer"
+
+    def __init__(self, backbone="resnet34", backbone_kwargs=None, backbone_pretrained=False, num_channels=3,
+                 key_dim=128, value_dim=128, chunk_size=8, query_bn_stats="support", implementation="fast",
+                 **kwargs):
+        self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats)
+        for name, value, low in (("key_dim", key_dim, 1), ("value_dim", value_dim, 1), ("chunk_size", chunk_size, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+        if implementation not in ("fast", "reference"):
+            raise ValueError(f"`implementation` must be 'fast' or 'reference', got {implementation!r}")
+        self.key_dim, self.value_dim, self.chunk_size, self.implementation = key_dim, value_dim, chunk_size, \
+            implementation
+        super().__init__(**kwargs)
+
+
+class ProtoNetConfig(_FewShotConfig):
+    r"""Configuration of a ProtoNet few-shot classifier (``model_type="protonet"``): mean-pooled backbone features,
+    class prototypes as means, logits = minus the squared Euclidean distance.
+
+    Args:
+        backbone (`str`, defaults to `"resnet34"`): timm model name.
+        backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments; `None` gives `{"output_stride": 16}`
+            for `resnet34` (the same backbone as CrossTransformers, as in its paper's comparison) and `{}` otherwise.
+        backbone_pretrained (`bool`, defaults to `False`): start from timm's pretrained weights.
+        num_channels (`int`, defaults to 3): input image channels.
+        query_bn_stats (`str`, defaults to `"support"`): in training, normalise queries with the support set's
+            BatchNorm moments (`"support"`) or with their own batch statistics (`"batch"`).
+    """
+
+    model_type = "protonet"
+
+    def __init__(self, backbone="resnet34", backbone_kwargs=None, backbone_pretrained=False, num_channels=3,
+                 query_bn_stats="support", **kwargs):
+        self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats)
+        super().__init__(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class FewShotClassifierOutput(ModelOutput):
+    """Output of a few-shot classifier.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy of the query logits, when `query_labels`
+            are given.
+        logits (`torch.FloatTensor` of shape `(Q, N)`): scores of each query image for the episode's N classes
+            (minus a squared distance).
+        attentions (`torch.FloatTensor` of shape `(Q, h'*w', S, h*w)`, *optional*): CrossTransformers only, with
+            `output_attentions=True`: the weight of every support position (of every support image) for every query
+            position; over the support images of one class they sum to 1.
+        query_feature_size (`tuple[int, int]`, *optional*): `(h', w')` of the query feature map (to lay out
+            `attentions`).
+        support_feature_size (`tuple[int, int]`, *optional*): `(h, w)` of the support feature map.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    attentions: torch.FloatTensor | None = None
+    query_feature_size: tuple[int, int] | None = None
+    support_feature_size: tuple[int, int] | None = None
+
+
+class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
+    """Shared by both few-shot classifiers: backbone, support handling, input checks, loss."""
+
+    main_input_name = "query_pixel_values"
+    input_modalities = ("image",)
+    base_model_prefix = "fewshot"
+    supports_gradient_checkpointing = False
+
+    def _build_backbone(self, config) -> None:
+        self.backbone = build_backbone(config.backbone, config.backbone_kwargs, config.num_channels,
+                                       config.backbone_pretrained)
+        self._support = None
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # He initialisation (fan out) for convolutions, as timm's CNNs; PyTorch defaults for everything else.
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
+            module.reset_parameters()
+
+    # -- support handling ------------------------------------------------------------------------------------------
+    def _embed_support(self, support_pixel_values, support_labels) -> dict:
+        check_images("support_pixel_values", support_pixel_values, self.config.num_channels, self.dtype)
+        num_classes = check_support_labels(support_labels, support_pixel_values.shape[0])
+        moments = None
+        if self.training and self.config.query_bn_stats == "support":
+            moments = SupportBatchNorm(self.backbone)
+            with moments.recording():
+                features = spatial_features(self.backbone, support_pixel_values)
+        else:
+            features = spatial_features(self.backbone, support_pixel_values)
+        support = {"labels": support_labels.to(features.device), "num_classes": num_classes, "moments": moments,
+                   "feature_size": tuple(features.shape[-2:])}
+        support.update(self._project_support(features))
+        return support
+
+    def _query_features(self, query_pixel_values, support) -> torch.Tensor:
+        check_images("query_pixel_values", query_pixel_values, self.config.num_channels, self.dtype)
+        moments = support["moments"]
+        if moments is not None and self.training:
+            with moments.applying():
+                return spatial_features(self.backbone, query_pixel_values)
+        return spatial_features(self.backbone, query_pixel_values)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Backbone feature maps ``(B, C, h, w)`` of images ``(B, num_channels, H, W)`` (in eval mode they do not
+        depend on the episode, so an evaluation can embed every image once and reuse the maps)."""
+        check_images("pixel_values", pixel_values, self.config.num_channels, self.dtype)
+        return spatial_features(self.backbone, pixel_values)
+
+    def logits_from_features(self, query_features: torch.Tensor, support_features: torch.Tensor,
+                             support_labels: torch.Tensor, output_attentions: bool = False):
+        """Episode logits ``(Q, N)`` from feature maps made by :meth:`embed` (and the attention weights, or
+        ``None``)."""
+        num_classes = check_support_labels(support_labels, support_features.shape[0])
+        support = {"labels": support_labels, "num_classes": num_classes, **self._project_support(support_features)}
+        return self._classify(query_features, support, output_attentions)
+
+    def set_support(self, support_pixel_values: torch.Tensor, support_labels: torch.Tensor) -> None:
+        """Embed a support set once (``(S, C, H, W)`` images, ``(S,)`` labels in ``0..N-1``); later calls of
+        ``model(query_pixel_values=...)`` classify against it until ``set_support`` or ``clear_support``."""
+        self._support = self._embed_support(support_pixel_values, support_labels)
+
+    def clear_support(self) -> None:
+        """Forget the support set stored by :meth:`set_support`."""
+        self._support = None
+
+    def _episode(self, query_pixel_values, support_pixel_values, support_labels, query_labels):
+        if (support_pixel_values is None) != (support_labels is None):
+            missing = "support_labels" if support_labels is None else "support_pixel_values"
+            raise ValueError(f"`support_pixel_values` and `support_labels` go together: `{missing}` is missing")
+        if support_pixel_values is not None:
+            support = self._embed_support(support_pixel_values, support_labels)
+        elif self._support is not None:
+            support = self._support
+        else:
+            raise ValueError("no support set: pass `support_pixel_values` and `support_labels`, or call "
+                             "`model.set_support(support_pixel_values, support_labels)` first")
+        if query_pixel_values is None:
+            raise ValueError("`query_pixel_values` (Q, C, H, W) is required")
+        if query_labels is not None:
+            check_query_labels(query_labels, query_pixel_values.shape[0] if isinstance(query_pixel_values,
+                                                                                        torch.Tensor) else -1,
+                               support["num_classes"])
+        return support, self._query_features(query_pixel_values, support)
+
+    @staticmethod
+    def _loss(logits, query_labels):
+        return F.cross_entropy(logits.float(), query_labels.to(logits.device).long()) if query_labels is not None \
+            else None
+
+
+class CrossTransformerForFewShotClassification(FewShotPreTrainedModel):
+    """CrossTransformers: query-aligned prototypes from spatial cross-attention (see
+    :mod:`relzoo.layers.crosstransformer`). ``forward(query_pixel_values (Q, C, H', W'), support_pixel_values
+    (S, C, H, W), support_labels (S,), query_labels (Q,) optional)`` -> :class:`FewShotClassifierOutput` with
+    ``logits (Q, N)``."""
+
+    config_class = CrossTransformerConfig
+
+    def __init__(self, config: CrossTransformerConfig):
+        super().__init__(config)
+        self._build_backbone(config)
+        self.head = CrossAttentionHead(self.backbone.num_features, config.key_dim, config.value_dim,
+                                       config.chunk_size, config.implementation)
+        self.post_init()
+
+    def _project_support(self, features) -> dict:
+        keys, values = self.head.project(features)
+        return {"keys": keys, "values": values}
+
+    @can_return_tuple
+    def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,
+                support_labels: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
+                output_attentions: bool | None = None, **kwargs) -> FewShotClassifierOutput:
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        support, query_features = self._episode(query_pixel_values, support_pixel_values, support_labels,
+                                                query_labels)
+        logits, attentions = self._classify(query_features, support, bool(output_attentions))
+        return FewShotClassifierOutput(loss=self._loss(logits, query_labels), logits=logits, attentions=attentions,
+                                       query_feature_size=tuple(query_features.shape[-2:]),
+                                       support_feature_size=support["feature_size"])
+
+    def _classify(self, query_features, support, output_attentions=False):
+        out = self.head(query_features, None, support["labels"], support["num_classes"],
+                        return_attention=output_attentions, support_projection=(support["keys"], support["values"]))
+        return out if output_attentions else (out, None)
+
+
+class ProtoNetForFewShotClassification(FewShotPreTrainedModel):
+    """Prototypical Networks on a timm backbone: mean-pooled embeddings, class means as prototypes, logits = minus the
+    squared Euclidean distance. Same inputs and output as :class:`CrossTransformerForFewShotClassification`."""
+
+    config_class = ProtoNetConfig
+
+    def __init__(self, config: ProtoNetConfig):
+        super().__init__(config)
+        self._build_backbone(config)
+        self.post_init()
+
+    def _project_support(self, features) -> dict:
+        return {"embeddings": features.mean((-2, -1))}
+
+    @can_return_tuple
+    def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,
+                support_labels: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
+                **kwargs) -> FewShotClassifierOutput:
+        support, query_features = self._episode(query_pixel_values, support_pixel_values, support_labels,
+                                                query_labels)
+        logits, _ = self._classify(query_features, support)
+        return FewShotClassifierOutput(loss=self._loss(logits, query_labels), logits=logits,
+                                       query_feature_size=tuple(query_features.shape[-2:]),
+                                       support_feature_size=support["feature_size"])
+
+    def _classify(self, query_features, support, output_attentions=False):
+        logits = prototype_logits(query_features.mean((-2, -1)), support["embeddings"], support["labels"],
+                                  support["num_classes"])
+        return logits, None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Auto classes
+# ----------------------------------------------------------------------------------------------------------------
+class AutoModelForFewShotClassification(_BaseAutoModelClass):
+    """``AutoModelForFewShotClassification.from_pretrained(folder)`` picks the few-shot class from the config
+    (transformers has no few-shot task; relzoo adds this Auto class for it)."""
+
+    _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
+
+
+def _register_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModel
+
+    for config_class, model_class in ((CrossTransformerConfig, CrossTransformerForFewShotClassification),
+                                      (ProtoNetConfig, ProtoNetForFewShotClassification)):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, model_class, exist_ok=True)
+        AutoModelForFewShotClassification.register(config_class, model_class, exist_ok=True)
+
+
+_register_auto_classes()
