@@ -216,3 +216,61 @@ def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir
                            model_id=f"relzoo/{variant}.in1k",
                            dataset="imagenet-1k", license="mit",  # the official SAN release is MIT-licensed
                            training={"source": "official SAN checkpoint", "checkpoint": Path(checkpoint).name})
+
+
+CTX_PAPER = ("Doersch, Gupta and Zisserman, *CrossTransformers: spatially-aware few-shot transfer*, NeurIPS 2020 "
+             "(arXiv:2007.11498)")
+PROTONET_PAPER = "Snell, Swersky and Zemel, *Prototypical Networks for Few-shot Learning*, NeurIPS 2017 (arXiv:1703.05175)"
+
+
+def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, results: list[dict] | None = None,
+                        training: dict | None = None, dataset: str | None = None, model_id: str | None = None,
+                        license: str = "apache-2.0") -> Path:
+    """Write a few-shot classifier (``CrossTransformerForFewShotClassification`` / ``ProtoNetForFewShotClassification``)
+    as a Hub-ready folder, atomically: weights, config, an image processor (resize to ``image_size``, scale to
+    [-1, 1]) and a model card whose model-index holds the measured accuracies (``results`` rows from
+    :func:`relzoo.train.fewshot.evaluate_all`: dataset, way, shot, accuracy, ci95, episodes)."""
+    from transformers import ViTImageProcessor
+
+    kind = model.config.model_type
+    paper = CTX_PAPER if kind == "crosstransformer" else PROTONET_PAPER
+    model_id = model_id or f"{kind}-{model.config.backbone}" + (f"-{dataset}" if dataset else "")
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
+                          image_std=[0.5] * 3, resample=2).save_pretrained(tmp)
+        eval_results = [EvalResult(task_type="image-classification", task_name="few-shot image classification",
+                                   dataset_type=r["dataset"], dataset_name=f"{r['dataset']} ({r['split']}, unseen "
+                                   f"classes {r['classes']}) {r['way']}-way {r['shot']}-shot",
+                                   metric_type="accuracy", metric_value=round(100 * r["accuracy"], 2),
+                                   metric_name=f"accuracy over {r['episodes']} episodes (± {100 * r['ci95']:.2f} CI95)")
+                        for r in results or []]
+        data = ModelCardData(library_name="transformers", license=license, model_name=model_id,
+                             tags=["few-shot", "relzoo", kind, "timm"], datasets=[dataset] if dataset else None,
+                             metrics=["accuracy"], eval_results=eval_results or None)
+        cls = type(model).__name__
+        lines = [f"# {model_id}", "",
+                 f"`{cls}` on a `{model.config.backbone}` backbone (timm), trained by relzoo"
+                 + (f" on {dataset}" if dataset else "") + ". These are weights trained here, not converted official "
+                 "weights.", "", "## How to use", "",
+                 "```python\nimport relzoo  # registers the architecture with transformers\n"
+                 "from transformers import AutoImageProcessor\n"
+                 "model = relzoo.AutoModelForFewShotClassification.from_pretrained(FOLDER_OR_REPO).eval()\n"
+                 "processor = AutoImageProcessor.from_pretrained(FOLDER_OR_REPO)\n"
+                 "support = processor(support_images, return_tensors='pt').pixel_values   # (S, 3, H, W)\n"
+                 "model.set_support(support, support_labels)                             # labels in 0..N-1\n"
+                 "logits = model(query_pixel_values=processor(queries, return_tensors='pt').pixel_values).logits\n"
+                 "```", ""]
+        if results:
+            lines += ["## Results (mean accuracy ± 95% confidence interval over test episodes, unseen classes)", "",
+                      "| test set | classes | way | shot | queries/class | episodes | accuracy (%) |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {r['dataset']} ({r['split']}) | {r['classes']} | {r['way']} | {r['shot']} | {r['queries']} | "
+                      f"{r['episodes']} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} |" for r in results]
+            lines += [""]
+        if training:
+            lines += ["## Training", "", "Command: `python scripts/train_fewshot.py` with these arguments:", "",
+                      "```json", json.dumps(training, indent=2, sort_keys=True, default=str), "```", ""]
+        lines += ["## Architecture", "", f"From {paper}. Made with relzoo: `import relzoo` before loading.", ""]
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(tmp / "README.md")
+    return Path(folder)

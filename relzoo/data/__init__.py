@@ -8,6 +8,15 @@ from .builtin import (
                       load_image_dataset,
                       read_idx,
 )
+from .episodes import (
+    EpisodeCollator,
+    EpisodeImages,
+    EpisodeItem,
+    EpisodeSampler,
+    episode_loader,
+    plain_episode_transform,
+    simclr_transform,
+)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,6 +26,7 @@ from .transforms import (
     collate_images,
 )
 
-__all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
+__all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "EpisodeCollator", "EpisodeImages", "EpisodeItem",
+           "EpisodeSampler", "episode_loader", "plain_episode_transform", "simclr_transform", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
            "UnreadableImageError", "build_transform", "class_names", "collate_images", "load_digits",
            "load_fashion_mnist", "load_image_dataset", "read_idx"]

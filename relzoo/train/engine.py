@@ -4,8 +4,8 @@ A task supplies its prepared model, optimizer, scheduler and dataloader, and a `
 engine runs the loop: epochs and ``set_epoch`` on whatever needs it, ``skip_first_batches`` after a resume,
 backward, an optional gradient transform, optimizer and scheduler steps, the progress bar and loss logging, atomic
 checksummed checkpoints every ``checkpoint_every`` steps (:mod:`relzoo.train.checkpoints`), exact resume,
-``stop_after_steps`` (quit as if killed, to test resume) and, at the end, a check that every process holds the same
-weights. Evaluation stays with the task.
+``stop_after_steps`` (quit as if killed, to test resume) and, at the end, running statistics averaged over processes
+(:func:`average_buffers`) so that every process holds the same model. Evaluation stays with the task.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 
 from .checkpoints import CheckpointManager
 
-__all__ = ["TrainState", "TrainingEngine", "make_accelerator", "replicas_in_sync", "write_json_atomic"]
+__all__ = ["TrainState", "TrainingEngine", "average_buffers", "make_accelerator", "replicas_in_sync",
+           "write_json_atomic"]
 
 
 class TrainState:
@@ -59,6 +60,21 @@ def replicas_in_sync(model, accelerator) -> bool:
     local = torch.stack([t.detach().double().sum() for t in tensors] + [torch.zeros((), dtype=torch.float64)])
     gathered = accelerator.gather(local.to(accelerator.device)[None]).view(accelerator.num_processes, -1)
     return bool((gathered == gathered[0]).all().item())
+
+
+def average_buffers(model, accelerator) -> None:
+    """Average every floating-point buffer (BatchNorm running statistics) over processes, so that all ranks hold the
+    same model: each rank updates running statistics from its own batches, and DDP only copies rank 0's buffers at
+    the start of the next forward pass."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import reduce
+
+    net = accelerator.unwrap_model(model)
+    with torch.no_grad():
+        for buffer in net.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(reduce(buffer, reduction="mean"))
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
@@ -156,6 +172,7 @@ class TrainingEngine:
                 if state.step >= self.total_steps:
                     break
         bar.close()
+        average_buffers(self.model, acc)
         summary = {"steps": state.step, "train_time_s": round(time.time() - start, 1),
                    "num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
                    "last_train_loss": self.last_loss, "resumed_from_step": self.resumed_from}

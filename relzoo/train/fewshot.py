@@ -1,0 +1,406 @@
+"""Episodic few-shot training and evaluation with Accelerate: CrossTransformers or ProtoNet on any timm backbone,
+regular and SimCLR episodes, on one CPU or many processes (each process trains on its own episodes; gradients are
+averaged).
+
+Recipes:
+
+* ``official`` (CrossTransformers' released configuration): Adam (lr 6e-4), gradients divided by their global L2
+  norm (floored at sqrt(1e-5)) before the Adam step, L2 weight decay 8.86e-5 added to the loss on convolution and
+  linear weights (not norms), learning rate x0.915193802145601 every 2,000 steps (staircase).
+* ``plain``: AdamW (lr 1e-3, decoupled weight decay 8.86e-5 by default), cosine schedule over the run.
+
+Evaluation: ``eval_episodes`` test episodes per (dataset, shots) setting, classes never seen in training, mean
+accuracy ± 95% confidence interval. In eval mode the backbone's output of an image does not depend on the episode,
+so every image of the evaluation pool is embedded once and episodes reuse the maps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..metrics import mean_confidence_interval
+from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
+
+MODELS = ("crosstransformer", "protonet")
+RECIPES = ("official", "plain")
+OFFICIAL_DECAY = 0.915193802145601
+#: built-in benchmark: meta-train on the even Fashion-MNIST classes, meta-test on the odd ones and on digits
+DEFAULT_EVAL = "fashion_mnist:test:1,3,5,7,9;digits:all:all"
+
+
+@dataclass
+class FewShotTrainingArguments:
+    """Arguments of :func:`train_fewshot` (and of ``scripts/train_fewshot.py``)."""
+
+    model: str = field(default="crosstransformer", metadata={"help": "crosstransformer or protonet"})
+    backbone: str = field(default="resnet18", metadata={"help": "timm model name (official CTX: resnet34)"})
+    backbone_kwargs: str | None = field(default='{"output_stride": 16}', metadata={
+        "help": "JSON dict of extra timm.create_model arguments (official: output_stride 16, 14x14 maps at 224 px)"})
+    dataset: str = field(default="fashion_mnist", metadata={
+        "help": "training data: fashion_mnist, digits, an imagefolder root or a save_to_disk folder"})
+    train_split: str = field(default="train", metadata={"help": "training split"})
+    train_classes: str | None = field(default="0,2,4,6,8", metadata={
+        "help": "comma-separated class ids episodes are drawn from in training (a class split); 'all' or None: all"})
+    eval_sets: str = field(default=DEFAULT_EVAL, metadata={
+        "help": "';'-separated dataset:split:classes test sets (classes: comma-separated ids or 'all'; split 'all' "
+                "joins train and test); test classes must not be training classes of the same dataset"})
+    image_size: int = field(default=56, metadata={"help": "square input side (official: 224)"})
+    n_way: int = field(default=5, metadata={"help": "training episodes: classes"})
+    n_shot: int = field(default=5, metadata={"help": "training episodes: support images per class"})
+    n_query: int = field(default=10, metadata={"help": "training episodes: query images per class"})
+    variable_episodes: bool = field(default=False, metadata={
+        "help": "Meta-Dataset variable-way/variable-shot training episodes instead of fixed ones"})
+    simclr_probability: float = field(default=0.5, metadata={
+        "help": "fraction of training episodes made SimCLR episodes (official CTX+SimCLR: 0.5; CTX: 0)"})
+    recipe: str = field(default="official", metadata={"help": "official (Adam 6e-4, normalised gradients, staircase "
+                                                              "decay, L2 8.86e-5) or plain (AdamW, cosine)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: official 6e-4, plain 1e-3)"})
+    weight_decay: float = field(default=8.86e-5, metadata={"help": "official: L2 in the loss; plain: AdamW decay"})
+    decay_every: int = field(default=2000, metadata={"help": "official staircase: steps between x0.9152 decays"})
+    max_steps: int = field(default=300, metadata={"help": "training episodes (optimizer steps) per process"})
+    eval_shots: str = field(default="1,5", metadata={"help": "comma-separated shots of the test episodes"})
+    eval_way: int = field(default=5, metadata={"help": "classes per test episode"})
+    eval_queries: int = field(default=15, metadata={"help": "queries per class in test episodes"})
+    eval_episodes: int = field(default=600, metadata={"help": "test episodes per setting"})
+    eval_pool_per_class: int | None = field(default=300, metadata={
+        "help": "test images per class the episodes draw from (a seeded subset; None: all)"})
+    query_bn_stats: str = field(default="support", metadata={
+        "help": "training: queries normalised with the support set's BatchNorm moments (support, official) or "
+                "their own (batch)"})
+    attention_maps: int = field(default=0, metadata={
+        "help": "write PNG attention pictures for this many test queries (CrossTransformers only)"})
+    output_dir: str = field(default="outputs/fewshot", metadata={"help": "where everything goes"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    stop_after_steps: int | None = field(default=None, metadata={
+        "help": "quit after this step as if killed (no eval, no save); to test resume"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, episodes and augmentation"})
+    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    save_model: bool = field(default=True, metadata={"help": "write the Hub-ready folder output_dir/model"})
+    mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
+    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every argument before anything is loaded; one ``ValueError`` naming the argument and the value."""
+        choices = {"model": MODELS, "recipe": RECIPES, "query_bn_stats": ("support", "batch"),
+                   "mixed_precision": ("no", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}")
+        at_least = {"image_size": 8, "n_way": 2, "n_shot": 1, "n_query": 1, "max_steps": 1, "eval_way": 2,
+                    "eval_queries": 1, "eval_episodes": 1, "decay_every": 1, "log_every": 1, "keep_checkpoints": 1,
+                    "checkpoint_every": 0, "num_workers": 0, "attention_maps": 0, "eval_pool_per_class": 1,
+                    "stop_after_steps": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is None and name in ("eval_pool_per_class", "stop_after_steps"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.simclr_probability, (int, float)) and 0 <= self.simclr_probability <= 1):
+            raise ValueError(f"`simclr_probability` must be in [0, 1], got {self.simclr_probability!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"`lr` must be a positive number (or None: the recipe's), got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
+        if self.attention_maps and self.model != "crosstransformer":
+            raise ValueError("`attention_maps` needs `model` crosstransformer (ProtoNet has no attention)")
+        self.parsed_backbone_kwargs()
+        self.parsed_shots()
+        self.parsed_eval_sets()
+        self.parsed_train_classes()
+
+    def parsed_backbone_kwargs(self) -> dict:
+        if self.backbone_kwargs is None:
+            return {}
+        try:
+            kwargs = json.loads(self.backbone_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`backbone_kwargs` must be a JSON object, got {self.backbone_kwargs!r} ({err})") from err
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"`backbone_kwargs` must be a JSON object, got {self.backbone_kwargs!r}")
+        return kwargs
+
+    def parsed_shots(self) -> list[int]:
+        try:
+            shots = [int(s) for s in self.eval_shots.split(",")]
+        except (ValueError, AttributeError):
+            shots = []
+        if not shots or min(shots) < 1:
+            raise ValueError(f"`eval_shots` must be comma-separated positive ints (e.g. '1,5'), got {self.eval_shots!r}")
+        return shots
+
+    def parsed_train_classes(self) -> list[int] | None:
+        return _parse_classes("train_classes", self.train_classes)
+
+    def parsed_eval_sets(self) -> list[tuple[str, str, list[int] | None]]:
+        sets = []
+        for spec in str(self.eval_sets).split(";"):
+            parts = spec.strip().split(":")
+            if len(parts) != 3 or not parts[0] or not parts[1]:
+                raise ValueError(f"`eval_sets` entries must be dataset:split:classes (e.g. 'digits:all:all' or "
+                                 f"'fashion_mnist:test:1,3,5'), got {spec!r} in {self.eval_sets!r}")
+            classes = _parse_classes("eval_sets", parts[2])
+            train = self.parsed_train_classes()
+            if parts[0] == self.dataset and classes is not None and train is not None and set(classes) & set(train):
+                raise ValueError(f"`eval_sets` entry {spec!r} tests classes {sorted(set(classes) & set(train))} that "
+                                 f"are training classes (`train_classes` {self.train_classes!r}): test classes must be "
+                                 "unseen")
+            if parts[0] == self.dataset and (classes is None or train is None):
+                raise ValueError(f"`eval_sets` entry {spec!r} uses the training dataset with all classes: give the "
+                                 "held-out class ids (and `train_classes`)")
+            sets.append((parts[0], parts[1], classes))
+        return sets
+
+
+def _parse_classes(name: str, text: str | None) -> list[int] | None:
+    if text is None or str(text).strip().lower() == "all":
+        return None
+    try:
+        classes = [int(c) for c in str(text).split(",")]
+    except ValueError:
+        classes = None
+    if not classes or min(classes) < 0 or len(set(classes)) != len(classes):
+        raise ValueError(f"`{name}` classes must be distinct comma-separated class ids or 'all', got {text!r}")
+    return classes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# recipe pieces
+# ----------------------------------------------------------------------------------------------------------------
+def normalize_gradients(model: torch.nn.Module, floor: float = math.sqrt(1e-5)) -> float:
+    """Divide every gradient by the global L2 norm of all gradients (at least ``floor``), in place; returns the norm.
+    The official CrossTransformers recipe does this before each Adam step ("normalized gradient descent")."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    scale = 1.0 / torch.clamp(norm, min=floor)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return float(norm)
+
+
+def decayed_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Weights that get L2 decay in the official recipe: convolution and linear weights (norm layers and biases
+    do not)."""
+    return [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+            and m.weight.requires_grad]
+
+
+def staircase(decay_every: int, rate: float = OFFICIAL_DECAY):
+    return lambda step: rate ** (step // decay_every)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------
+def load_split(name: str, split: str):
+    """A dataset split by name; ``split="all"`` joins ``train`` and ``test``."""
+    from datasets import concatenate_datasets
+
+    from ..data import load_image_dataset
+
+    if split == "all":
+        return concatenate_datasets([load_image_dataset(name, "train"), load_image_dataset(name, "test")])
+    return load_image_dataset(name, split)
+
+
+def _pool(ds, classes, per_class: int | None, seed: int):
+    """Row indices of up to ``per_class`` images (seeded choice) of each class in ``classes`` (None: all)."""
+    import numpy as np
+
+    labels = np.asarray(ds["label"])
+    chosen = sorted(set(labels.tolist())) if classes is None else classes
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in chosen:
+        idx = np.flatnonzero(labels == c)
+        if per_class is not None and len(idx) > per_class:
+            idx = np.sort(rng.choice(idx, per_class, replace=False))
+        rows.append(idx)
+    return np.concatenate(rows), chosen
+
+
+@torch.no_grad()
+def embed_pool(model, ds, rows, image_size: int, accelerator, batch_size: int = 128) -> torch.Tensor:
+    """Feature maps ``(len(rows), C, h, w)`` of the given rows with the plain episode transform, computed in eval mode,
+    shared out over processes and gathered."""
+    from ..data.episodes import plain_episode_transform
+
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    transform = plain_episode_transform(image_size)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per = math.ceil(len(rows) / world)
+    mine = list(rows[rank * per:(rank + 1) * per])
+    mine += [rows[0]] * (per - len(mine))  # equal lengths on every process for the gather
+    feats = []
+    for start in range(0, per, batch_size):
+        images = [ds[int(r)]["image"].convert("RGB") for r in mine[start:start + batch_size]]
+        pixels = torch.stack([transform(img) for img in images]).to(accelerator.device, net.dtype)
+        with accelerator.autocast():
+            feats.append(net.embed(pixels).float())
+    local = torch.cat(feats)
+    return accelerator.gather(local)[: len(rows)] if world > 1 else local
+
+
+@torch.no_grad()
+def evaluate_episodes(model, features: torch.Tensor, labels, n_way: int, n_shot: int, n_query: int, episodes: int,
+                      seed: int, accelerator) -> dict:
+    """Accuracy over ``episodes`` test episodes drawn from pre-computed ``features`` (``labels`` per row): mean and
+    95% confidence interval, gathered over processes."""
+    from accelerate.utils import gather_object
+
+    from ..data.episodes import EpisodeSampler
+
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    sampler = EpisodeSampler(labels, n_way=n_way, n_shot=n_shot, n_query=n_query, num_episodes=episodes, seed=seed)
+    accs = []
+    for i in range(accelerator.process_index, episodes, accelerator.num_processes):
+        items = sampler.episode(i)
+        support = [it for it in items if not it.query]
+        query = [it for it in items if it.query]
+        s_feat = features[[it.index for it in support]].to(accelerator.device, net.dtype)
+        q_feat = features[[it.index for it in query]].to(accelerator.device, net.dtype)
+        s_lab = torch.tensor([it.label for it in support], device=accelerator.device)
+        q_lab = torch.tensor([it.label for it in query], device=accelerator.device)
+        logits, _ = net.logits_from_features(q_feat, s_feat, s_lab)
+        accs.append((i, (logits.argmax(-1) == q_lab).float().mean().item()))
+    accs = sorted(gather_object(accs)) if accelerator.num_processes > 1 else accs
+    mean, ci = mean_confidence_interval([a for _, a in accs])
+    return {"accuracy": mean, "ci95": ci, "episodes": len(accs)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------------------------
+def build_model(args: FewShotTrainingArguments):
+    from ..models.fewshot import (
+        CrossTransformerConfig,
+        CrossTransformerForFewShotClassification,
+        ProtoNetConfig,
+        ProtoNetForFewShotClassification,
+    )
+
+    common = dict(backbone=args.backbone, backbone_kwargs=args.parsed_backbone_kwargs(),
+                  query_bn_stats=args.query_bn_stats)
+    if args.model == "crosstransformer":
+        return CrossTransformerForFewShotClassification(CrossTransformerConfig(**common))
+    return ProtoNetForFewShotClassification(ProtoNetConfig(**common))
+
+
+def train_fewshot(args: FewShotTrainingArguments) -> dict:
+    """Train, evaluate (mean ± 95% CI per test set and shot count) and save; returns a summary dict (also written to
+    ``output_dir/results.json``)."""
+    from accelerate.utils import set_seed
+
+    from ..data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
+
+    args.validate()
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
+    set_seed(args.seed)
+    out_dir = Path(args.output_dir)
+    train_ds = load_split(args.dataset, args.train_split)
+    # the sampler's episode i of epoch e depends only on (seed, e, i): processes take alternate episodes
+    sampler = EpisodeSampler(train_ds, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
+                             num_episodes=args.max_steps * accelerator.num_processes, seed=args.seed,
+                             classes=args.parsed_train_classes(), variable=args.variable_episodes)
+    collator = EpisodeCollator(args.image_size, simclr_probability=args.simclr_probability)
+    train_dl = episode_loader(train_ds, sampler, collator, num_workers=args.num_workers)
+    model = build_model(args)
+    if args.recipe == "official":
+        lr = args.lr or 6e-4
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        lr = args.lr or 1e-3
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    total = args.max_steps
+    factor = staircase(args.decay_every) if args.recipe == "official" else \
+        (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    run = {"model": args.model, "backbone": args.backbone, "backbone_kwargs": args.parsed_backbone_kwargs(),
+           "dataset": args.dataset, "train_classes": args.train_classes, "image_size": args.image_size,
+           "episodes": [args.n_way, args.n_shot, args.n_query, args.variable_episodes, args.simclr_probability],
+           "recipe": args.recipe, "seed": args.seed, "num_processes": accelerator.num_processes}
+    engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total,
+                            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                            keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
+                            epoch_hooks=[sampler],
+                            grad_transform=normalize_gradients if args.recipe == "official" else None)
+    if args.resume:
+        engine.resume()
+    net = accelerator.unwrap_model(model)
+    decayed = decayed_parameters(net)
+    accelerator.print(f"{args.model} on {args.backbone}: {sum(p.numel() for p in net.parameters()):,} parameters | "
+                      f"{args.n_way}-way {args.n_shot}-shot {args.n_query}-query episodes "
+                      f"({'variable' if args.variable_episodes else 'fixed'}, SimCLR p={args.simclr_probability}) "
+                      f"from classes {args.train_classes} of {args.dataset} | {accelerator.num_processes} process(es) "
+                      f"| {total} steps")
+    counts = {"simclr_episodes": 0, "episodes": 0}
+
+    def step(batch):
+        counts["episodes"] += 1
+        counts["simclr_episodes"] += int(batch["simclr"])
+        with accelerator.autocast():
+            out = model(query_pixel_values=batch["query_pixel_values"],
+                        support_pixel_values=batch["support_pixel_values"],
+                        support_labels=batch["support_labels"], query_labels=batch["query_labels"])
+        loss = out.loss
+        if args.recipe == "official" and args.weight_decay:
+            loss = loss + args.weight_decay * sum(p.pow(2).sum() for p in decayed)
+        return loss
+
+    summary = {"model": args.model, "backbone": args.backbone, "dataset": args.dataset, **engine.fit(step), "lr": lr,
+               "simclr_episodes_this_process": counts["simclr_episodes"], "episodes_this_process": counts["episodes"]}
+    if summary.get("interrupted"):
+        return summary
+    results = evaluate_all(model, args, accelerator)
+    summary["results"] = results
+    summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
+    if args.attention_maps and accelerator.is_main_process:
+        from .attention_maps import write_attention_maps
+
+        summary["attention_maps"] = [str(p) for p in write_attention_maps(net, args, out_dir / "attention")]
+    if accelerator.is_main_process:
+        if args.save_model:
+            from ..hub import save_fewshot_folder
+
+            folder = save_fewshot_folder(net, out_dir / "model", image_size=args.image_size, results=results,
+                                         training=dataclasses.asdict(args), dataset=args.dataset)
+            summary["model_dir"] = str(folder)
+            accelerator.print(f"Hub-ready model folder: {folder}")
+        write_json_atomic(out_dir / "results.json", summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def evaluate_all(model, args: FewShotTrainingArguments, accelerator) -> list[dict]:
+    """Every test set x shot count of ``args``: one row each with accuracy, CI and episode count."""
+    rows = []
+    for name, split, classes in args.parsed_eval_sets():
+        ds = load_split(name, split)
+        pool, chosen = _pool(ds, classes, args.eval_pool_per_class, args.seed)
+        features = embed_pool(model, ds, pool, args.image_size, accelerator)
+        labels = [int(x) for x in ds.select(pool.tolist())["label"]] if len(pool) else []
+        for shots in args.parsed_shots():
+            res = evaluate_episodes(model, features, labels, args.eval_way, shots, args.eval_queries,
+                                    args.eval_episodes, args.seed + 1, accelerator)
+            row = {"dataset": name, "split": split, "classes": chosen, "way": args.eval_way, "shot": shots,
+                   "queries": args.eval_queries, **res}
+            rows.append(row)
+            accelerator.print(f"{name} ({split}, classes {chosen}) {args.eval_way}-way {shots}-shot: "
+                              f"{100 * res['accuracy']:.2f} ± {100 * res['ci95']:.2f} % over {res['episodes']} episodes")
+    return rows
