@@ -268,6 +268,9 @@ class FewShotClassifierOutput(ModelOutput):
         query_feature_size (`tuple[int, int]`, *optional*): `(h', w')` of the query feature map (to lay out
             `attentions`).
         support_feature_size (`tuple[int, int]`, *optional*): `(h, w)` of the support feature map.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): with `output_hidden_states=True`, the backbone's
+            feature map of the queries, `(Q, C, h', w')`, as a 1-tuple.
+        support_hidden_states (`tuple(torch.FloatTensor)`, *optional*): likewise for the support set, `(S, C, h, w)`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -275,6 +278,8 @@ class FewShotClassifierOutput(ModelOutput):
     attentions: torch.FloatTensor | None = None
     query_feature_size: tuple[int, int] | None = None
     support_feature_size: tuple[int, int] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    support_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
@@ -312,7 +317,7 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
         else:
             features = spatial_features(self.backbone, support_pixel_values)
         support = {"labels": support_labels.to(features.device), "num_classes": num_classes, "moments": moments,
-                   "feature_size": tuple(features.shape[-2:])}
+                   "feature_size": tuple(features.shape[-2:]), "features": features}
         support.update(self._project_support(features))
         return support
 
@@ -366,10 +371,16 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
                                support["num_classes"])
         return support, self._query_features(query_pixel_values, support)
 
-    @staticmethod
-    def _loss(logits, query_labels):
-        return F.cross_entropy(logits.float(), query_labels.to(logits.device).long()) if query_labels is not None \
+    def _output(self, logits, query_labels, query_features, support, output_hidden_states=None, attentions=None):
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        loss = F.cross_entropy(logits.float(), query_labels.to(logits.device).long()) if query_labels is not None \
             else None
+        return FewShotClassifierOutput(
+            loss=loss, logits=logits, attentions=attentions, query_feature_size=tuple(query_features.shape[-2:]),
+            support_feature_size=support["feature_size"],
+            hidden_states=(query_features,) if output_hidden_states else None,
+            support_hidden_states=(support["features"],) if output_hidden_states else None)
 
 
 class CrossTransformerForFewShotClassification(FewShotPreTrainedModel):
@@ -394,14 +405,13 @@ class CrossTransformerForFewShotClassification(FewShotPreTrainedModel):
     @can_return_tuple
     def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,
                 support_labels: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
-                output_attentions: bool | None = None, **kwargs) -> FewShotClassifierOutput:
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                **kwargs) -> FewShotClassifierOutput:
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         support, query_features = self._episode(query_pixel_values, support_pixel_values, support_labels,
                                                 query_labels)
         logits, attentions = self._classify(query_features, support, bool(output_attentions))
-        return FewShotClassifierOutput(loss=self._loss(logits, query_labels), logits=logits, attentions=attentions,
-                                       query_feature_size=tuple(query_features.shape[-2:]),
-                                       support_feature_size=support["feature_size"])
+        return self._output(logits, query_labels, query_features, support, output_hidden_states, attentions)
 
     def _classify(self, query_features, support, output_attentions=False):
         out = self.head(query_features, None, support["labels"], support["num_classes"],
@@ -426,13 +436,11 @@ class ProtoNetForFewShotClassification(FewShotPreTrainedModel):
     @can_return_tuple
     def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,
                 support_labels: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
-                **kwargs) -> FewShotClassifierOutput:
+                output_hidden_states: bool | None = None, **kwargs) -> FewShotClassifierOutput:
         support, query_features = self._episode(query_pixel_values, support_pixel_values, support_labels,
                                                 query_labels)
         logits, _ = self._classify(query_features, support)
-        return FewShotClassifierOutput(loss=self._loss(logits, query_labels), logits=logits,
-                                       query_feature_size=tuple(query_features.shape[-2:]),
-                                       support_feature_size=support["feature_size"])
+        return self._output(logits, query_labels, query_features, support, output_hidden_states)
 
     def _classify(self, query_features, support, output_attentions=False):
         logits = prototype_logits(query_features.mean((-2, -1)), support["embeddings"], support["labels"],
