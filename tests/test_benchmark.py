@@ -32,3 +32,15 @@ def test_benchmark_compile_table_runs(tmp_path):
     assert set(rows) == {("san10_pair", "eval"), ("resnet26", "eval")}
     assert rows["san10_pair", "eval"]["graph_breaks"] == 0 and rows["san10_pair", "eval"]["graphs"] == 1
     assert all(r["first_call_s"] > 0 and r["compiled_ms"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_benchmark_ctx_quick_runs():
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    result = main(["ctx", "--quick"])
+    assert [(r["queries"], r["mode"]) for r in result["head"]] == [(3, "eval"), (3, "train"), (6, "eval"),
+                                                                    (6, "train")]
+    assert all(r["speedup"] > 0 and r["fast_peak_mib"] > 0 for r in result["head"])
+    assert [r["mode"] for r in result["episode"]] == ["eval", "train"]

@@ -14,8 +14,8 @@ so classes may have any number of shots and support images any size different fr
 
 :func:`cross_attention_logits_reference` loops over queries and classes and reads like the equations above.
 :func:`cross_attention_logits` computes a chunk of queries at a time with two matrix products against all support
-positions (a per-class softmax through a one-hot class matrix) and, when gradients are needed, recomputes each chunk
-in the backward pass (``torch.utils.checkpoint``), so its peak memory is set by ``chunk_size``, not by the number of
+positions, laid out class by class (shots padded to the largest class, padding masked), and, when gradients are needed,
+recomputes each chunk in the backward pass (``torch.utils.checkpoint``), so its peak memory is set by ``chunk_size``, not by the number of
 queries (the official implementation rematerialises one query at a time for the same reason).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CrossAttentionHead", "check_support_labels", "cross_attention_logits", "cross_attention_logits_reference",
+__all__ = ["CrossAttentionHead", "check_support_labels", "class_layout", "cross_attention_logits", "cross_attention_logits_reference",
            "prototype_logits", "prototype_logits_reference"]
 
 
@@ -56,27 +56,29 @@ def check_support_labels(support_labels: torch.Tensor, num_support: int, num_cla
     return n
 
 
-def _class_onehot(support_labels: torch.Tensor, positions: int, num_classes: int, dtype) -> torch.Tensor:
-    """``(S * positions, N)`` one-hot class matrix of the flat support positions."""
-    return F.one_hot(support_labels.long().repeat_interleave(positions), num_classes).to(dtype)
+def class_layout(support_labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support images grouped by class: ``index (N, K_max)`` of support image ids (each class's shots in support
+    order, padded with its first shot) and ``valid (N, K_max)`` marking the real ones."""
+    labels = support_labels.long()
+    counts = torch.bincount(labels, minlength=num_classes)
+    order = torch.argsort(labels, stable=True)                               # support ids grouped by class
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(labels), device=labels.device) - starts[labels[order]]
+    k_max = int(counts.max())
+    index = order[starts][:, None].repeat(1, k_max)                          # padding: the class's first shot
+    index[labels[order], slot] = order
+    valid = torch.arange(k_max, device=labels.device)[None] < counts[:, None]
+    return index, valid
 
 
-def _chunk_logits(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, value_blocks: torch.Tensor,
-                  pos_class: torch.Tensor, num_classes: int, scale: float) -> torch.Tensor:
-    """Logits of a chunk of queries. ``q (B, P, dk)``, ``w (B, P, dv)``, ``keys (M, dk)``,
-    ``value_blocks (M, N * dv + N)`` (values placed in their class's block, then the class one-hot),
-    ``pos_class (M,)`` -> ``(B, N)``."""
-    logits = torch.einsum("bpk,mk->bpm", q, keys) * scale
-    # per-class maximum (a constant shift within each class's softmax, so it is taken without gradient)
-    index = pos_class.expand(*logits.shape[:-1], -1)
-    peak = logits.new_full((*logits.shape[:-1], num_classes), -torch.inf).scatter_reduce(
-        -1, index, logits.detach(), "amax", include_self=True)
-    e = torch.exp(logits - peak.gather(-1, index))
-    sums = e @ value_blocks                       # (B, P, N * dv + N): unnormalised prototypes and softmax sums
-    dv = w.shape[-1]
-    proto = rearrange(sums[..., : num_classes * dv], "b p (n d) -> b p n d", n=num_classes)
-    proto = proto / sums[..., num_classes * dv:, None]
-    return -(proto - w[:, :, None]).pow(2).sum(-1).mean(1)
+def _chunk_logits(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+                  scale: float) -> torch.Tensor:
+    """Logits of a chunk of queries. ``q (B, P, dk)``, ``w (B, P, dv)``, ``keys (N, L, dk)`` and ``values (N, L, dv)``:
+    every position of every shot of each class (``L = K_max * M``, padded), ``valid (N, L)`` -> ``(B, N)``."""
+    logits = torch.einsum("bpk,nlk->bpnl", q, keys) * scale
+    attention = logits.masked_fill(~valid, -torch.inf).softmax(dim=-1)    # over all shots x positions of a class
+    prototypes = torch.einsum("bpnl,nld->bpnd", attention, values)        # query-aligned prototypes
+    return -(prototypes - w[:, :, None]).pow(2).sum(-1).mean(1)
 
 
 def cross_attention_logits(query_keys: torch.Tensor, query_values: torch.Tensor, support_keys: torch.Tensor,
@@ -102,21 +104,17 @@ def cross_attention_logits(query_keys: torch.Tensor, query_values: torch.Tensor,
     """
     num_support, positions, dk = support_keys.shape
     scale = 1.0 / math.sqrt(dk)
-    keys = support_keys.reshape(num_support * positions, dk)
-    values = support_values.reshape(num_support * positions, -1)
-    onehot = _class_onehot(support_labels, positions, num_classes, values.dtype)            # (M_all, N)
-    value_blocks = torch.cat([rearrange(onehot[:, :, None] * values[:, None], "m n d -> m (n d)"), onehot], dim=1)
-    pos_class = support_labels.long().repeat_interleave(positions)
+    index, valid = class_layout(support_labels.to(support_keys.device), num_classes)
+    keys = rearrange(support_keys[index], "n k m d -> n (k m) d")           # (N, K_max * M, d_k)
+    values = rearrange(support_values[index], "n k m d -> n (k m) d")
+    valid = valid.repeat_interleave(positions, dim=1)                       # (N, K_max * M)
     recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (query_keys, query_values, keys, values))
-    step = query_keys.shape[0] if not chunk_size else chunk_size
+    step = chunk_size or max(query_keys.shape[0], 1)
     out = []
-    for start in range(0, query_keys.shape[0], max(step, 1)):
-        args = (query_keys[start:start + step], query_values[start:start + step], keys, value_blocks, pos_class,
-                num_classes, scale)
-        if recompute and chunk_size:
-            out.append(checkpoint(_chunk_logits, *args, use_reentrant=False))
-        else:
-            out.append(_chunk_logits(*args))
+    for start in range(0, query_keys.shape[0], step):
+        args = (query_keys[start:start + step], query_values[start:start + step], keys, values, valid, scale)
+        out.append(checkpoint(_chunk_logits, *args, use_reentrant=False) if recompute and chunk_size
+                   else _chunk_logits(*args))
     logits = torch.cat(out) if out else query_keys.new_zeros(0, num_classes)
     if not return_attention:
         return logits
