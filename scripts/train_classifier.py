@@ -8,23 +8,12 @@
 Writes OUTPUT_DIR/model (Hub-ready: weights, config, image processor, model card), OUTPUT_DIR/results.json and,
 with --checkpoint_every N, resumable checkpoints under OUTPUT_DIR/checkpoints (--resume continues).
 """
-from transformers import HfArgumentParser
-
-from relzoo.data import UnreadableImageError
 from relzoo.train import ClassifierTrainingArguments, train_classifier
-from relzoo.train.checkpoints import RunMismatchError
+from relzoo.train.cli import run_script
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser(ClassifierTrainingArguments)
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:  # a bad argument value: one line, as argparse reports a bad type
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    try:
-        return train_classifier(args)
-    except (UnreadableImageError, RunMismatchError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    return run_script(ClassifierTrainingArguments, train_classifier, argv)
 
 
 if __name__ == "__main__":

@@ -7,23 +7,12 @@
 Exit status 2: bad arguments (one line naming the argument); 1: a run that cannot continue (unreadable image,
 another run's checkpoints).
 """
-from transformers import HfArgumentParser
-
-from relzoo.data import UnreadableImageError
-from relzoo.train.checkpoints import RunMismatchError
+from relzoo.train.cli import run_script
 from relzoo.train.fewshot import FewShotTrainingArguments, train_fewshot
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser(FewShotTrainingArguments)
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:  # a bad argument value: one line, as argparse reports a bad type
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    try:
-        return train_fewshot(args)
-    except (UnreadableImageError, RunMismatchError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    return run_script(FewShotTrainingArguments, train_fewshot, argv)
 
 
 if __name__ == "__main__":

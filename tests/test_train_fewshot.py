@@ -19,14 +19,7 @@ from relzoo.train.fewshot import FewShotTrainingArguments, normalize_gradients, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 BASE = dict(backbone="test_resnet", backbone_kwargs='{"output_stride": 8}', dataset="digits", train_classes="0,1,2,3,4",

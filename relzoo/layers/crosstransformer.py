@@ -13,9 +13,9 @@ Support positions are handled as one flat list (every position of every support 
 so classes may have any number of shots and support images any size different from the queries'.
 
 :func:`cross_attention_logits_reference` loops over queries and classes and reads like the equations above.
-:func:`cross_attention_logits` computes a chunk of queries at a time with two matrix products against all support
-positions, laid out class by class (shots padded to the largest class, padding masked), and, when gradients are needed,
-recomputes each chunk in the backward pass (``torch.utils.checkpoint``), so its peak memory is set by ``chunk_size``, not by the number of
+:func:`cross_attention_logits` computes a chunk of queries at a time against all support positions, laid out class
+by class (shots padded to the largest class, padding masked) and, when gradients are needed, recomputes each chunk
+in the backward pass (``torch.utils.checkpoint``), so its peak memory is set by ``chunk_size``, not by the number of
 queries (the official implementation rematerialises one query at a time for the same reason).
 """
 from __future__ import annotations
