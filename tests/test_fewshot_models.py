@@ -209,3 +209,18 @@ def test_bad_input_is_named(cls, config, change, error, message):
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         CrossTransformerForFewShotClassification(CrossTransformerConfig(**{**TINY, field: value}))
+
+
+@pytest.mark.parametrize("change", [dict(query_pixel_values=torch.zeros(4, 1, 40, 40)),
+                                    dict(query_labels=torch.tensor([0, 1, 3, 0]))])
+def test_bad_queries_fail_before_any_backbone_runs(change):
+    model = ProtoNetForFewShotClassification(ProtoNetConfig(**TINY))
+    calls, run = [], model.backbone.forward_features
+    model.backbone.forward_features = lambda x: calls.append(1) or run(x)
+    support, labels, query, qlabels = _episode()
+    kwargs = dict(query_pixel_values=query, support_pixel_values=support, support_labels=labels, query_labels=qlabels)
+    with pytest.raises(ValueError, match="query"):
+        model(**{**kwargs, **change})
+    assert calls == []
+    model(**kwargs)
+    assert calls == [1, 1]                                    # (the spy does see the backbone run: support, queries)

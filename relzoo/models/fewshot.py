@@ -356,19 +356,22 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
         if (support_pixel_values is None) != (support_labels is None):
             missing = "support_labels" if support_labels is None else "support_pixel_values"
             raise ValueError(f"`support_pixel_values` and `support_labels` go together: `{missing}` is missing")
+        # every check before any backbone runs
         if support_pixel_values is not None:
-            support = self._embed_support(support_pixel_values, support_labels)
+            check_images("support_pixel_values", support_pixel_values, self.config.num_channels, self.dtype)
+            num_classes = check_support_labels(support_labels, support_pixel_values.shape[0])
         elif self._support is not None:
-            support = self._support
+            num_classes = self._support["num_classes"]
         else:
             raise ValueError("no support set: pass `support_pixel_values` and `support_labels`, or call "
                              "`model.set_support(support_pixel_values, support_labels)` first")
         if query_pixel_values is None:
             raise ValueError("`query_pixel_values` (Q, C, H, W) is required")
+        check_images("query_pixel_values", query_pixel_values, self.config.num_channels, self.dtype)
         if query_labels is not None:
-            check_query_labels(query_labels, query_pixel_values.shape[0] if isinstance(query_pixel_values,
-                                                                                        torch.Tensor) else -1,
-                               support["num_classes"])
+            check_query_labels(query_labels, query_pixel_values.shape[0], num_classes)
+        support = self._embed_support(support_pixel_values, support_labels) if support_pixel_values is not None \
+            else self._support
         return support, self._query_features(query_pixel_values, support)
 
     def _output(self, logits, query_labels, query_features, support, output_hidden_states=None, attentions=None):
