@@ -322,7 +322,7 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
         return support
 
     def _query_features(self, query_pixel_values, support) -> torch.Tensor:
-        check_images("query_pixel_values", query_pixel_values, self.config.num_channels, self.dtype)
+        """Backbone maps of already-checked query images (support moments applied in training when recorded)."""
         moments = support["moments"]
         if moments is not None and self.training:
             with moments.applying():
