@@ -275,7 +275,10 @@ def compile_markdown(rows: list[dict], meta: dict) -> str:
 def bench_ctx_head(device, repeats: int, quick: bool) -> list[dict]:
     """The CrossTransformers head alone (projected features in, logits out) for 5-way 5-shot episodes with 14x14 maps
     and d_k = d_v = 128: fast chunked path against the per-query, per-class reference, at several query counts."""
+    from relzoo import CrossTransformerConfig
     from relzoo.layers.crosstransformer import cross_attention_logits, cross_attention_logits_reference
+
+    chunk = CrossTransformerConfig().chunk_size                               # the model's default
 
     n_way, shots, side, dim = (3, 2, 4, 16) if quick else (5, 5, 14, 128)
     labels = torch.arange(n_way, device=device).repeat_interleave(shots)
@@ -291,19 +294,19 @@ def bench_ctx_head(device, repeats: int, quick: bool) -> list[dict]:
                     for t in inputs:
                         t.grad = None
                     out = (cross_attention_logits_reference(*inputs, labels, n_way) if ref
-                           else cross_attention_logits(*inputs, labels, n_way, chunk_size=8))
+                           else cross_attention_logits(*inputs, labels, n_way, chunk_size=chunk))
                     out.sum().backward()
                 else:
                     with torch.no_grad():
                         (cross_attention_logits_reference(*inputs, labels, n_way) if ref
-                         else cross_attention_logits(*inputs, labels, n_way, chunk_size=8))
+                         else cross_attention_logits(*inputs, labels, n_way, chunk_size=chunk))
             return call
 
         for mode in ("eval", "train"):
             fns = {"fast": make(mode == "train", False), "reference": make(mode == "train", True)}
             t = timed_medians(fns, repeats, _sync(device))
             mem = {k: peak_memory_bytes(f) for k, f in fns.items()}
-            rows.append(dict(queries=queries, mode=mode, shape=f"{n_way}-way {shots}-shot, {side}x{side} maps, d = {dim}",
+            rows.append(dict(queries=queries, mode=mode, chunk=chunk, shape=f"{n_way}-way {shots}-shot, {side}x{side} maps, d = {dim}",
                              fast_ms=t["fast"] * 1e3, reference_ms=t["reference"] * 1e3,
                              speedup=t["reference"] / t["fast"], fast_peak_mib=mem["fast"] / 2**20,
                              reference_peak_mib=mem["reference"] / 2**20))
@@ -357,7 +360,8 @@ def bench_ctx_episode(device, repeats: int, quick: bool) -> list[dict]:
 def ctx_markdown(head: list[dict], episode: list[dict], meta: dict) -> str:
     lines = [f"CrossTransformers | {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | medians of "
              f"{meta['repeats']} interleaved repeats", "",
-             f"Head alone ({head[0]['shape']}; fast: chunks of 8 queries, recomputed in backward):", "",
+             f"Head alone ({head[0]['shape']}; fast: fused attention per class, chunks of {head[0]['chunk']} queries "
+             "recomputed in backward when there are more):", "",
              "| queries | mode | fast ms | reference ms | speed-up | fast peak MiB | reference peak MiB |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['queries']} | {r['mode']} | {r['fast_ms']:.1f} | {r['reference_ms']:.1f} | {r['speedup']:.2f}x | "

@@ -75,8 +75,9 @@ def test_a_query_that_is_a_support_image_is_at_distance_zero_from_it():
     assert head.key_proj.bias is None and head.value_proj.bias is None
 
 
-def _saved_bytes(fn):
-    """Bytes of the distinct tensors autograd keeps for the backward pass of ``fn`` (shared ones counted once)."""
+def _saved(fn):
+    """Sizes in bytes of the distinct tensors autograd keeps for the backward pass of ``fn`` (shared ones counted
+    once), largest first."""
     kept = {}
 
     def pack(t):
@@ -85,21 +86,29 @@ def _saved_bytes(fn):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return sum(kept.values())
+    return sorted(kept.values(), reverse=True)
 
 
-def test_chunked_path_keeps_only_its_inputs_for_backward():
-    """Under autograd the chunked path saves its inputs, not the (Q, P, S*M) attention: what is kept for the backward
-    pass grows like the queries' own features, while the unchunked path keeps the attention of every query."""
-    labels = torch.arange(5).repeat_interleave(5)                     # 5-way 5-shot
-    def run(q, chunk):
+def test_fast_path_never_keeps_attention_weights_and_chunks_bound_memory():
+    """Under autograd the fast path keeps no (queries x positions x support positions) attention weights (the
+    reference keeps them for every query and class); with chunks, what it keeps grows only like the queries' own
+    features."""
+    labels = torch.arange(5).repeat_interleave(5)                     # 5-way 5-shot, 49 positions, d = 16
+    def run(q, chunk=None, reference=False):
         qk, qv, sk, sv = _inputs(q=q, p=49, s=25, m=49, dk=16, dv=16)
-        return _saved_bytes(lambda: cross_attention_logits(qk, qv, sk, sv, labels, 5, chunk_size=chunk).sum())
+        if reference:
+            return _saved(lambda: cross_attention_logits_reference(qk, qv, sk, sv, labels, 5).sum())
+        return _saved(lambda: cross_attention_logits(qk, qv, sk, sv, labels, 5, chunk_size=chunk).sum())
 
-    small, large = run(8, 4), run(64, 4)
+    weights_per_query = 49 * 5 * 49 * 8                               # one query's weights over its class, float64
+    assert run(64, reference=True)[0] >= weights_per_query            # the reference keeps them, one query at a time
+    unchunked = run(64, 0)
+    assert unchunked[0] <= 64 * 49 * 5 * 16 * 8                       # largest: the (N, Q*P, d_v) prototypes
+    assert sum(unchunked) < sum(run(64, reference=True)) / 2
+    small, large = sum(run(8, 4)), sum(run(64, 4))
     per_query_features = 49 * (16 + 16) * 8                           # query keys and values, float64
     assert large - small <= 1.1 * 56 * per_query_features
-    assert run(64, 0) > 20 * large                                   # unchunked: attention maps kept for every query
+    assert sum(unchunked) > 3 * large
 
 
 def test_prototype_logits_match_reference():

@@ -14,9 +14,11 @@ so classes may have any number of shots and support images any size different fr
 
 :func:`cross_attention_logits_reference` loops over queries and classes and reads like the equations above.
 :func:`cross_attention_logits` computes a chunk of queries at a time against all support positions, laid out class
-by class (shots padded to the largest class, padding masked) and, when gradients are needed, recomputes each chunk
-in the backward pass (``torch.utils.checkpoint``), so its peak memory is set by ``chunk_size``, not by the number of
-queries (the official implementation rematerialises one query at a time for the same reason).
+by class (shots padded to the largest class, padding masked), with each class as one head of PyTorch's fused
+``scaled_dot_product_attention`` (which never stores the attention weights). When there are more queries than
+``chunk_size`` and gradients are needed, each chunk is recomputed in the backward pass (``torch.utils.checkpoint``),
+so its peak memory is set by ``chunk_size``, not by the number of queries (the official implementation
+rematerialises one query at a time for the same reason).
 """
 from __future__ import annotations
 
@@ -71,19 +73,26 @@ def class_layout(support_labels: torch.Tensor, num_classes: int) -> tuple[torch.
     return index, valid
 
 
-def _chunk_logits(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
-                  scale: float) -> torch.Tensor:
+def _chunk_logits(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                  mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Logits of a chunk of queries. ``q (B, P, dk)``, ``w (B, P, dv)``, ``keys (N, L, dk)`` and ``values (N, L, dv)``:
-    every position of every shot of each class (``L = K_max * M``, padded), ``valid (N, L)`` -> ``(B, N)``."""
-    logits = torch.einsum("bpk,nlk->bpnl", q, keys) * scale
-    attention = logits.masked_fill(~valid, -torch.inf).softmax(dim=-1)    # over all shots x positions of a class
-    prototypes = torch.einsum("bpnl,nld->bpnd", attention, values)        # query-aligned prototypes
+    every position of every shot of each class (``L = K_max * M``), ``mask (N, 1, L)`` (``None``: no padding)
+    -> ``(B, N)``.
+
+    Each class is one attention "head" whose sequence of queries is every position of every query image: the
+    softmax of ``scaled_dot_product_attention`` then runs per (class, query position) over that class's shots x
+    positions, and its output is the query-aligned prototype. The fused kernel never stores the ``B*P x L`` weights
+    (on CPU and CUDA it keeps only the output and a log-sum-exp per row for the backward pass)."""
+    batch, positions, dk = q.shape
+    queries = q.reshape(1, batch * positions, dk).expand(keys.shape[0], -1, -1)
+    prototypes = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+    prototypes = rearrange(prototypes, "n (b p) d -> b p n d", b=batch)
     return -(prototypes - w[:, :, None]).pow(2).sum(-1).mean(1)
 
 
 def cross_attention_logits(query_keys: torch.Tensor, query_values: torch.Tensor, support_keys: torch.Tensor,
                            support_values: torch.Tensor, support_labels: torch.Tensor, num_classes: int,
-                           chunk_size: int | None = 8, return_attention: bool = False):
+                           chunk_size: int | None = 16, return_attention: bool = False):
     """CrossTransformers logits, fast path.
 
     Args:
@@ -93,8 +102,8 @@ def cross_attention_logits(query_keys: torch.Tensor, query_values: torch.Tensor,
         support_values: ``(S, M, d_v)``.
         support_labels: ``(S,)`` class of each support image in ``0..num_classes-1``, every class present.
         num_classes: ``N``.
-        chunk_size: queries computed together (and, under autograd, recomputed together in the backward pass);
-            ``None`` or 0: all at once without recomputation.
+        chunk_size: queries computed together; with more queries than this under autograd, each chunk is
+            recomputed in the backward pass. ``None`` or 0: all at once without recomputation.
         return_attention: also return the attention weights ``(Q, P, S, M)`` (each class's weights over its own
             support positions sum to 1). They take ``Q * P * S * M`` floats.
 
@@ -107,14 +116,14 @@ def cross_attention_logits(query_keys: torch.Tensor, query_values: torch.Tensor,
     index, valid = class_layout(support_labels.to(support_keys.device), num_classes)
     keys = rearrange(support_keys[index], "n k m d -> n (k m) d")           # (N, K_max * M, d_k)
     values = rearrange(support_values[index], "n k m d -> n (k m) d")
-    valid = valid.repeat_interleave(positions, dim=1)                       # (N, K_max * M)
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (query_keys, query_values, keys, values))
+    mask = None if bool(valid.all()) else valid.repeat_interleave(positions, dim=1)[:, None]   # (N, 1, K_max * M)
     step = chunk_size or max(query_keys.shape[0], 1)
+    recompute = (torch.is_grad_enabled() and query_keys.shape[0] > step
+                 and any(t.requires_grad for t in (query_keys, query_values, keys, values)))
     out = []
     for start in range(0, query_keys.shape[0], step):
-        args = (query_keys[start:start + step], query_values[start:start + step], keys, values, valid, scale)
-        out.append(checkpoint(_chunk_logits, *args, use_reentrant=False) if recompute and chunk_size
-                   else _chunk_logits(*args))
+        args = (query_keys[start:start + step], query_values[start:start + step], keys, values, mask, scale)
+        out.append(checkpoint(_chunk_logits, *args, use_reentrant=False) if recompute else _chunk_logits(*args))
     logits = torch.cat(out) if out else query_keys.new_zeros(0, num_classes)
     if not return_attention:
         return logits
@@ -163,7 +172,7 @@ class CrossAttentionHead(nn.Module):
     and query values (``value_dim``). ``implementation="reference"`` uses the per-query, per-class loop.
     """
 
-    def __init__(self, in_channels: int, key_dim: int = 128, value_dim: int = 128, chunk_size: int | None = 8,
+    def __init__(self, in_channels: int, key_dim: int = 128, value_dim: int = 128, chunk_size: int | None = 16,
                  implementation: str = "fast"):
         super().__init__()
         if implementation not in ("fast", "reference"):

@@ -205,7 +205,7 @@ class CrossTransformerConfig(_FewShotConfig):
         num_channels (`int`, defaults to 3): input image channels.
         key_dim (`int`, defaults to 128): d_k of the bias-free key/query projection (one weight for both).
         value_dim (`int`, defaults to 128): d_v of the bias-free value projection (one weight for support and query).
-        chunk_size (`int`, defaults to 8): queries computed (and recomputed for gradients) together; bounds the
+        chunk_size (`int`, defaults to 16): queries computed (and recomputed for gradients) together; bounds the
             head's peak memory. 0: all queries at once, no recomputation.
         query_bn_stats (`str`, defaults to `"support"`): in training, normalise queries with the support set's
             BatchNorm moments (`"support"`, official) or with their own batch statistics (`"batch"`).
@@ -215,7 +215,7 @@ class CrossTransformerConfig(_FewShotConfig):
     model_type = "crosstransformer"
 
     def __init__(self, backbone="resnet34", backbone_kwargs=None, backbone_pretrained=False, num_channels=3,
-                 key_dim=128, value_dim=128, chunk_size=8, query_bn_stats="support", implementation="fast",
+                 key_dim=128, value_dim=128, chunk_size=16, query_bn_stats="support", implementation="fast",
                  **kwargs):
         self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats)
         for name, value, low in (("key_dim", key_dim, 1), ("value_dim", value_dim, 1), ("chunk_size", chunk_size, 0)):
