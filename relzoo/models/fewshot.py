@@ -33,6 +33,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..layers.crosstransformer import CrossAttentionHead, check_support_labels, prototype_logits
 from .hub_mixin import ChecksummedPretrainedMixin
+from .inputs import check_image_batch
 
 __all__ = ["AutoModelForFewShotClassification", "CrossTransformerConfig", "CrossTransformerForFewShotClassification",
            "FewShotClassifierOutput", "FewShotPreTrainedModel", "ProtoNetConfig", "ProtoNetForFewShotClassification",
@@ -132,17 +133,7 @@ class SupportBatchNorm:
 # ----------------------------------------------------------------------------------------------------------------
 def check_images(name: str, x, channels: int, dtype: torch.dtype, allow_empty: bool = False) -> None:
     """``x`` must be a floating-point ``(B, channels, H, W)`` tensor of the model's dtype (any float under autocast)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, {channels}, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"`{name}` must be 4D (B, {channels}, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor (normalised images), got dtype {x.dtype}")
-    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"`{name}` must have the model's dtype {dtype}, got {x.dtype}: convert the input or the model")
-    if x.shape[1] != channels:
-        raise ValueError(f"`{name}` must have {channels} channels (num_channels), got {x.shape[1]} "
-                         f"(shape {tuple(x.shape)})")
+    check_image_batch(name, x, channels, dtype)
     if x.shape[0] == 0 and not allow_empty:
         what = "support set is empty" if name.startswith("support") else "query batch is empty"
         raise ValueError(f"`{name}` holds no image (shape {tuple(x.shape)}): the {what}")

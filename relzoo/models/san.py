@@ -37,6 +37,7 @@ from ..checksums import verify_checksums
 from ..layers.san import Conv1x1, SelfAttention2d, bn_scale_shift, check_attention_args, conv1x1, footprint_padding
 from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 from .hub_mixin import ChecksummedPretrainedMixin
+from .inputs import check_image_batch
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -120,18 +121,7 @@ def check_pixel_values(x, in_chans: int, min_size: int, dtype: torch.dtype, trai
     """
     if torch.jit.is_scripting():
         return
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"`pixel_values` must be a torch.Tensor of shape (N, {in_chans}, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"`pixel_values` must be 4D (N, {in_chans}, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"`pixel_values` must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"`pixel_values` must have the model's dtype {dtype}, got {x.dtype}: convert the input "
-                        f"(`pixel_values.to({dtype})`) or the model (`model.to({x.dtype})`), or run under torch.autocast")
-    if x.shape[1] != in_chans:
-        raise ValueError(f"`pixel_values` must have {in_chans} channels (in_chans), got {x.shape[1]} "
-                         f"(shape {tuple(x.shape)})")
+    check_image_batch("pixel_values", x, in_chans, dtype, channels_arg="in_chans")
     if min(x.shape[-2:]) < min_size:
         raise ValueError(
             f"`pixel_values` spatial size {tuple(x.shape[-2:])} is too small: this SAN needs H and W of at least "
