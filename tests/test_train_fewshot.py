@@ -149,3 +149,18 @@ def test_two_real_processes(tmp_path):
     assert res["steps"] == 3 and res["replicas_in_sync"] is True
     assert all(r["episodes"] == 20 for r in res["results"])       # every test episode counted once over 2 ranks
     assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()
+
+
+def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path):
+    from relzoo.data import UnreadableImageError
+    from test_episodes import _folder_with_broken_image
+
+    broken = _folder_with_broken_image(tmp_path / "data", classes=6, per_class=8)
+    kw = dict(dataset=str(tmp_path / "data"), train_classes="0,1,2", eval_sets=f"{tmp_path / 'data'}:test:3,4,5",
+              eval_way=3, eval_shots="1", eval_queries=2, max_steps=8, checkpoint_every=0, save_model=False, simclr_probability=0)
+    with pytest.raises(UnreadableImageError, match=f"unreadable image '{broken[0]}'"):
+        train_fewshot(_args(tmp_path / "stop", **kw))
+    res = train_fewshot(_args(tmp_path / "skip", skip_unreadable_images=True, **kw))
+    assert res["steps"] == 8 and res["skipped_unreadable_images"] == 2
+    assert res["skipped_unreadable_files"] == sorted(repr(str(p)) for p in broken)
+    assert res["results"][0]["episodes"] == 20

@@ -24,9 +24,10 @@ from .transforms import (
     UnreadableImageError,
     build_transform,
     collate_images,
+    read_image,
 )
 
 __all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "EpisodeCollator", "EpisodeImages", "EpisodeItem",
            "EpisodeSampler", "episode_loader", "plain_episode_transform", "simclr_transform", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
            "UnreadableImageError", "build_transform", "class_names", "collate_images", "load_digits",
-           "load_fashion_mnist", "load_image_dataset", "read_idx"]
+           "load_fashion_mnist", "load_image_dataset", "read_idx", "read_image"]

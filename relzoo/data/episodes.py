@@ -141,24 +141,42 @@ class EpisodeSampler(torch.utils.data.Sampler):
 
 
 class EpisodeImages(torch.utils.data.Dataset):
-    """``images[item] -> (PIL image, item)`` for :class:`EpisodeItem` keys, over a ``datasets.Dataset``."""
+    """``images[item] -> (PIL image, item, skipped)`` for :class:`EpisodeItem` keys, over a ``datasets.Dataset``.
 
-    def __init__(self, hf_dataset, in_chans: int = 3):
+    An image that cannot be decoded raises :class:`~relzoo.data.UnreadableImageError` naming its file (or row). With
+    ``skip_unreadable=True`` and ``class_rows`` (dataset class -> its rows, e.g. ``EpisodeSampler.index``) it is
+    replaced by the next readable image of the same class (so the episode keeps its classes and shots; the stand-in
+    may repeat an image of the episode), and the unreadable sources are listed in ``skipped``.
+    """
+
+    def __init__(self, hf_dataset, in_chans: int = 3, skip_unreadable: bool = False, class_rows: dict | None = None):
         if in_chans not in (1, 3):
             raise ValueError(f"`in_chans` must be 1 or 3, got {in_chans}")
+        if skip_unreadable and class_rows is None:
+            raise ValueError("`skip_unreadable=True` needs `class_rows` (dataset class -> rows) to find stand-ins")
         self.ds, self.mode = hf_dataset, "RGB" if in_chans == 3 else "L"
+        self.skip_unreadable, self.class_rows = skip_unreadable, class_rows
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, item: EpisodeItem):
-        from .transforms import _DECODE_ERRORS, UnreadableImageError
+        from .transforms import UnreadableImageError, read_image
 
         try:
-            return self.ds[int(item.index)]["image"].convert(self.mode), item
-        except _DECODE_ERRORS as err:
-            raise UnreadableImageError(f"unreadable image (row {item.index}): {type(err).__name__}: {err}",
-                                       f"row {item.index}") from err
+            return read_image(self.ds, item.index, self.mode)[0], item, []
+        except UnreadableImageError as err:
+            if not self.skip_unreadable:
+                raise
+            skipped = [err.source]
+        rows = [int(r) for r in self.class_rows[item.class_id]]
+        start = rows.index(int(item.index)) if int(item.index) in rows else 0
+        for row in rows[start + 1:] + rows[:start]:
+            try:
+                return read_image(self.ds, row, self.mode)[0], item, skipped
+            except UnreadableImageError as err:
+                skipped.append(err.source)
+        raise UnreadableImageError(f"no image of class {item.class_id} ({len(rows)} rows) can be read") from None
 
 
 def plain_episode_transform(image_size: int, mean=HALF, std=HALF) -> v2.Compose:
@@ -189,7 +207,7 @@ class EpisodeCollator:
 
     Returns a dict with ``support_pixel_values (S, C, H, W)``, ``support_labels (S,)``, ``query_pixel_values
     (Q, C, H, W)``, ``query_labels (Q,)``, ``class_ids (N,)`` (dataset classes of the episode's classes; -1 in SimCLR
-    episodes), ``simclr`` (bool) and ``episode`` (index).
+    episodes), ``simclr`` (bool), ``episode`` (index) and ``skipped`` (unreadable images replaced by stand-ins).
 
     Args:
         image_size: side of the square model input.
@@ -212,6 +230,8 @@ class EpisodeCollator:
     def __call__(self, samples: list) -> dict:
         if not samples:
             raise ValueError("empty episode")
+        skipped = [source for sample in samples for source in (sample[2] if len(sample) > 2 else ())]
+        samples = [(sample[0], sample[1]) for sample in samples]
         key = samples[0][1].key
         rng = np.random.default_rng(np.random.SeedSequence([*key, 1]))
         simclr = bool(rng.uniform() < self.simclr_probability)
@@ -220,14 +240,14 @@ class EpisodeCollator:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2 ** 62)))
             if simclr:
-                return self._simclr(support, queries, key)
+                return {**self._simclr(support, queries, key), "skipped": skipped}
             classes = sorted({it.label: it.class_id for _, it in support}.items())
             return {"support_pixel_values": torch.stack([self.plain(img) for img, _ in support]),
                     "support_labels": torch.tensor([it.label for _, it in support], dtype=torch.int64),
                     "query_pixel_values": torch.stack([self.plain(img) for img, _ in queries]),
                     "query_labels": torch.tensor([it.label for _, it in queries], dtype=torch.int64),
                     "class_ids": torch.tensor([c for _, c in classes], dtype=torch.int64),
-                    "simclr": False, "episode": key[2]}
+                    "simclr": False, "episode": key[2], "skipped": skipped}
 
     def _simclr(self, support, queries, key) -> dict:
         """Every support image its own class; the first k support images of each class (k = its query count) are
@@ -249,7 +269,7 @@ class EpisodeCollator:
 
 
 def episode_loader(hf_dataset, sampler: EpisodeSampler, collator: EpisodeCollator, in_chans: int = 3,
-                   num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A ``DataLoader`` yielding one collated episode per step."""
-    return torch.utils.data.DataLoader(EpisodeImages(hf_dataset, in_chans), batch_sampler=sampler,
-                                       collate_fn=collator, num_workers=num_workers)
+                   num_workers: int = 0, skip_unreadable: bool = False) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` yielding one collated episode per step (``skip_unreadable``: see :class:`EpisodeImages`)."""
+    images = EpisodeImages(hf_dataset, in_chans, skip_unreadable=skip_unreadable, class_rows=sampler.index)
+    return torch.utils.data.DataLoader(images, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)

@@ -46,6 +46,32 @@ class UnreadableImageError(ValueError):
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, PIL.Image.DecompressionBombError)
 
 
+def image_source(ds, index: int) -> str:
+    """Where row ``index``'s image comes from: its file path when the dataset has one, else the row."""
+    from datasets import Image
+
+    try:
+        entry = ds.select_columns(["image"]).cast_column("image", Image(decode=False))[int(index)]["image"]
+        path = entry.get("path") if isinstance(entry, dict) else None
+    except Exception:  # the source is only used in a message: never let it hide the real error
+        path = None
+    return repr(path) if path else f"row {index}"
+
+
+def read_image(ds, index: int, mode: str = "RGB") -> tuple[PIL.Image.Image, int]:
+    """Row ``index`` of a ``datasets.Dataset`` as ``(image converted to mode, label)``. An image that cannot be
+    decoded raises :class:`UnreadableImageError` naming its file (or row), with ``source`` set."""
+    try:
+        row = ds[int(index)]
+        return row["image"].convert(mode), int(row["label"])
+    except _DECODE_ERRORS as err:
+        source = image_source(ds, index)
+        raise UnreadableImageError(
+            f"unreadable image {source} (row {index}): {type(err).__name__}: {err}. Remove or replace the file, or "
+            "pass --skip_unreadable_images (skip_unreadable=True) to leave unreadable images out (they are "
+            "counted and listed at the end)", source) from err
+
+
 class TransformedImageDataset(torch.utils.data.Dataset):
     """``dataset[i] -> {"pixel_values": (C, H, W) float tensor, "labels": int, "skipped": [...]}`` over a
     ``datasets.Dataset``; batch it with :func:`collate_images`.
@@ -75,26 +101,10 @@ class TransformedImageDataset(torch.utils.data.Dataset):
         return len(self.ds)
 
     def source(self, index: int) -> str:
-        """Where row ``index``'s image comes from: its file path when the dataset has one, else the row."""
-        from datasets import Image
-
-        try:
-            entry = self.ds.select_columns(["image"]).cast_column("image", Image(decode=False))[int(index)]["image"]
-            path = entry.get("path") if isinstance(entry, dict) else None
-        except Exception:  # the source is only used in a message: never let it hide the real error
-            path = None
-        return repr(path) if path else f"row {index}"
+        return image_source(self.ds, index)
 
     def _read(self, index: int) -> tuple[PIL.Image.Image, int]:
-        try:
-            row = self.ds[int(index)]
-            return row["image"].convert(self.mode), int(row["label"])
-        except _DECODE_ERRORS as err:
-            source = self.source(index)
-            raise UnreadableImageError(
-                f"unreadable image {source} (row {index}): {type(err).__name__}: {err}. Remove or replace the file, or "
-                "pass --skip_unreadable_images (skip_unreadable=True) to leave unreadable images out (they are "
-                "counted and listed at the end)", source) from err
+        return read_image(self.ds, index, self.mode)
 
     def __getitem__(self, index: int) -> dict:
         skipped, sample = [], int(index)

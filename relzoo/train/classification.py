@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
+from .engine import TrainingEngine, make_accelerator, replicas_in_sync, report_skipped, write_json_atomic
 
 
 @dataclass
@@ -174,17 +174,6 @@ def evaluate(model, dataloader, accelerator, skipped: set | None = None) -> dict
             "eval_samples": total}
 
 
-def _report_skipped(skipped: set, accelerator) -> list[str]:
-    """Every process's unreadable images, merged, printed once with their count; returns the sorted list."""
-    from accelerate.utils import gather_object
-
-    merged = sorted(set(gather_object(sorted(skipped))))
-    if merged:
-        shown = ", ".join(merged[:10]) + (", ..." if len(merged) > 10 else "")
-        accelerator.print(f"skipped {len(merged)} unreadable image(s) (--skip_unreadable_images): {shown}")
-    return merged
-
-
 def resolve_model_kwargs(args: ClassifierTrainingArguments) -> dict:
     """``model_kwargs`` as a dict; see the field's help for the default."""
     if args.model_kwargs is not None:
@@ -290,7 +279,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         recalibrate_batchnorm(model, train_dl, args.recalibrate_bn_batches, accelerator)
     metrics = evaluate(model, eval_dl, accelerator, skipped)
     if args.skip_unreadable_images:
-        summary["skipped_unreadable_files"] = _report_skipped(skipped, accelerator)
+        summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
         summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
     summary.update(metrics)
     summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)

@@ -19,7 +19,7 @@ import torch
 
 from .checkpoints import CheckpointManager
 
-__all__ = ["TrainState", "TrainingEngine", "average_buffers", "make_accelerator", "replicas_in_sync",
+__all__ = ["TrainState", "TrainingEngine", "average_buffers", "make_accelerator", "replicas_in_sync", "report_skipped",
            "write_json_atomic"]
 
 
@@ -179,3 +179,14 @@ class TrainingEngine:
         if interrupted:
             summary["interrupted"] = True
         return summary
+
+
+def report_skipped(skipped: set, accelerator) -> list[str]:
+    """Every process's unreadable images, merged, printed once with their count; returns the sorted list."""
+    from accelerate.utils import gather_object
+
+    merged = sorted(set(gather_object(sorted(skipped))))
+    if merged:
+        shown = ", ".join(merged[:10]) + (", ..." if len(merged) > 10 else "")
+        accelerator.print(f"skipped {len(merged)} unreadable image(s) (--skip_unreadable_images): {shown}")
+    return merged

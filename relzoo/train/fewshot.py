@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..metrics import mean_confidence_interval
-from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
+from .engine import TrainingEngine, make_accelerator, replicas_in_sync, report_skipped, write_json_atomic
 
 MODELS = ("crosstransformer", "protonet")
 RECIPES = ("official", "plain")
@@ -83,6 +83,9 @@ class FewShotTrainingArguments:
     seed: int = field(default=0, metadata={"help": "seed for weights, episodes and augmentation"})
     log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    skip_unreadable_images: bool = field(default=False, metadata={
+        "help": "images that cannot be decoded (truncated, damaged) do not stop the run: in training episodes another "
+                "image of the same class stands in, test pools leave them out; they are counted and listed at the end"})
     save_model: bool = field(default=True, metadata={"help": "write the Hub-ready folder output_dir/model"})
     mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
@@ -233,10 +236,14 @@ def _pool(ds, classes, per_class: int | None, seed: int):
 
 
 @torch.no_grad()
-def embed_pool(model, ds, rows, image_size: int, accelerator, batch_size: int = 128) -> torch.Tensor:
+def embed_pool(model, ds, rows, image_size: int, accelerator, batch_size: int = 128,
+               skipped: set | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature maps ``(len(rows), C, h, w)`` of the given rows with the plain episode transform, computed in eval mode,
-    shared out over processes and gathered."""
+    shared out over processes and gathered, and which rows were readable ``(len(rows),)`` bool. An unreadable image
+    raises :class:`~relzoo.data.UnreadableImageError`, unless ``skipped`` is a set: then its source is added there,
+    and its row is marked unreadable (its features are those of a blank image)."""
     from ..data.episodes import plain_episode_transform
+    from ..data.transforms import UnreadableImageError, read_image
 
     net = accelerator.unwrap_model(model)
     net.eval()
@@ -245,14 +252,25 @@ def embed_pool(model, ds, rows, image_size: int, accelerator, batch_size: int = 
     per = math.ceil(len(rows) / world)
     mine = list(rows[rank * per:(rank + 1) * per])
     mine += [rows[0]] * (per - len(mine))  # equal lengths on every process for the gather
-    feats = []
+    feats, readable = [], []
     for start in range(0, per, batch_size):
-        images = [ds[int(r)]["image"].convert("RGB") for r in mine[start:start + batch_size]]
-        pixels = torch.stack([transform(img) for img in images]).to(accelerator.device, net.dtype)
+        pixels = []
+        for r in mine[start:start + batch_size]:
+            try:
+                pixels.append(transform(read_image(ds, r, "RGB")[0]))
+                readable.append(True)
+            except UnreadableImageError as err:
+                if skipped is None:
+                    raise
+                skipped.add(err.source)
+                pixels.append(torch.zeros(3, image_size, image_size))
+                readable.append(False)
         with accelerator.autocast():
-            feats.append(net.embed(pixels).float())
-    local = torch.cat(feats)
-    return accelerator.gather(local)[: len(rows)] if world > 1 else local
+            feats.append(net.embed(torch.stack(pixels).to(accelerator.device, net.dtype)).float())
+    local, ok = torch.cat(feats), torch.tensor(readable, device=accelerator.device)
+    if world > 1:
+        local, ok = accelerator.gather(local), accelerator.gather(ok)
+    return local[: len(rows)], ok[: len(rows)].cpu()
 
 
 @torch.no_grad()
@@ -318,7 +336,8 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
                              num_episodes=args.max_steps * accelerator.num_processes, seed=args.seed,
                              classes=args.parsed_train_classes(), variable=args.variable_episodes)
     collator = EpisodeCollator(args.image_size, simclr_probability=args.simclr_probability)
-    train_dl = episode_loader(train_ds, sampler, collator, num_workers=args.num_workers)
+    train_dl = episode_loader(train_ds, sampler, collator, num_workers=args.num_workers,
+                              skip_unreadable=args.skip_unreadable_images)
     model = build_model(args)
     if args.recipe == "official":
         lr = args.lr or 6e-4
@@ -350,8 +369,10 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
                       f"from classes {args.train_classes} of {args.dataset} | {accelerator.num_processes} process(es) "
                       f"| {total} steps")
     counts = {"simclr_episodes": 0, "episodes": 0}
+    skipped: set = set()
 
     def step(batch):
+        skipped.update(batch["skipped"])
         counts["episodes"] += 1
         counts["simclr_episodes"] += int(batch["simclr"])
         with accelerator.autocast():
@@ -367,8 +388,11 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
                "simclr_episodes_this_process": counts["simclr_episodes"], "episodes_this_process": counts["episodes"]}
     if summary.get("interrupted"):
         return summary
-    results = evaluate_all(model, args, accelerator)
+    results = evaluate_all(model, args, accelerator, skipped if args.skip_unreadable_images else None)
     summary["results"] = results
+    if args.skip_unreadable_images:
+        summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
+        summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
     summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
     if args.attention_maps and accelerator.is_main_process:
         from .attention_maps import write_attention_maps
@@ -387,14 +411,18 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
     return summary
 
 
-def evaluate_all(model, args: FewShotTrainingArguments, accelerator) -> list[dict]:
-    """Every test set x shot count of ``args``: one row each with accuracy, CI and episode count."""
+def evaluate_all(model, args: FewShotTrainingArguments, accelerator, skipped: set | None = None) -> list[dict]:
+    """Every test set x shot count of ``args``: one row each with accuracy, CI and episode count. ``skipped``: see
+    :func:`embed_pool` (unreadable images leave the pool)."""
     rows = []
     for name, split, classes in args.parsed_eval_sets():
         ds = load_split(name, split)
         pool, chosen = _pool(ds, classes, args.eval_pool_per_class, args.seed)
-        features = embed_pool(model, ds, pool, args.image_size, accelerator)
+        features, readable = embed_pool(model, ds, pool, args.image_size, accelerator, skipped=skipped)
         labels = [int(x) for x in ds.select(pool.tolist())["label"]] if len(pool) else []
+        if not bool(readable.all()):
+            features = features[readable.to(features.device)]
+            labels = [label for label, ok in zip(labels, readable.tolist()) if ok]
         for shots in args.parsed_shots():
             res = evaluate_episodes(model, features, labels, args.eval_way, shots, args.eval_queries,
                                     args.eval_episodes, args.seed + 1, accelerator)
