@@ -116,28 +116,10 @@ def test_simclr_probability_mixes_episodes(digits):
         EpisodeCollator(8, simclr_probability=1.5)
 
 
-def _folder_with_broken_image(root, classes=3, per_class=6):
-    """imagefolder root/{train,test}/c<k>/*.png with one truncated file in train/c1 and one in test/c<last>."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for k in range(classes):
-            d = root / split / f"c{k}"
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    broken = [root / "train" / "c1" / "2.png", root / "test" / f"c{classes - 1}" / "4.png"]
-    for path in broken:
-        path.write_bytes(path.read_bytes()[:60])
-    return broken
-
-
-def test_unreadable_image_in_an_episode_is_named_or_replaced_by_its_class(tmp_path):
+def test_unreadable_image_in_an_episode_is_named_or_replaced_by_its_class(tmp_path, broken_image_folder):
     from relzoo.data import EpisodeImages, UnreadableImageError, load_image_dataset
 
-    broken = _folder_with_broken_image(tmp_path)[0]
+    broken = broken_image_folder(tmp_path)[0]
     ds = load_image_dataset(str(tmp_path), "train")
     sampler = EpisodeSampler(ds, n_way=3, n_shot=2, n_query=2, num_episodes=8, seed=0)
     with pytest.raises(UnreadableImageError, match=f"unreadable image '{broken}'.*--skip_unreadable_images"):

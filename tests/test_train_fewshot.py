@@ -151,11 +151,10 @@ def test_two_real_processes(tmp_path):
     assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()
 
 
-def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path):
+def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path, broken_image_folder):
     from relzoo.data import UnreadableImageError
-    from test_episodes import _folder_with_broken_image
 
-    broken = _folder_with_broken_image(tmp_path / "data", classes=6, per_class=8)
+    broken = broken_image_folder(tmp_path / "data", classes=6, per_class=8)
     kw = dict(dataset=str(tmp_path / "data"), train_classes="0,1,2", eval_sets=f"{tmp_path / 'data'}:test:3,4,5",
               eval_way=3, eval_shots="1", eval_queries=2, max_steps=8, checkpoint_every=0, save_model=False, simclr_probability=0)
     with pytest.raises(UnreadableImageError, match=f"unreadable image '{broken[0]}'"):
