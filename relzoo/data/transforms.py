@@ -100,17 +100,11 @@ class TransformedImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def source(self, index: int) -> str:
-        return image_source(self.ds, index)
-
-    def _read(self, index: int) -> tuple[PIL.Image.Image, int]:
-        return read_image(self.ds, index, self.mode)
-
     def __getitem__(self, index: int) -> dict:
         skipped, sample = [], int(index)
         while True:
             try:
-                image, label = self._read(sample)
+                image, label = read_image(self.ds, sample, self.mode)
                 break
             except UnreadableImageError as err:
                 if not self.skip_unreadable:
