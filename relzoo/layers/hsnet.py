@@ -121,11 +121,10 @@ def center_pivot_conv4d_reference(x: torch.Tensor, layer: CenterPivotConv4d) -> 
                 for n in range(k):
                     window = padded[:, :, i:i + ha, j:j + wa, m:m + (ho - 1) * sh + 1:sh, n:n + (wo - 1) * sw + 1:sw]
                     out += torch.einsum("bcijkl,oc->boijkl", window, kernel[:, :, i, j, m, n])
-    bias = 0
     for conv in (layer.conv1, layer.conv2):
         if conv.bias is not None:
-            bias = bias + conv.bias
-    return out + (bias[None, :, None, None, None, None] if isinstance(bias, torch.Tensor) else 0)
+            out = out + conv.bias[None, :, None, None, None, None]
+    return out
 
 
 def upsample_query_dims(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
