@@ -224,3 +224,22 @@ def test_bad_queries_fail_before_any_backbone_runs(change):
     assert calls == []
     model(**kwargs)
     assert calls == [1, 1]                                    # (the spy does see the backbone run: support, queries)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(CrossTransformerForFewShotClassification, CrossTransformerConfig),
+                                            (ProtoNetForFewShotClassification, ProtoNetConfig)])
+def test_pretrained_backbone_weights_survive_post_init(monkeypatch, cls, config_cls):
+    """With backbone_pretrained=True the weights timm loads are kept (post_init() used to re-initialise them)."""
+    create = timm.create_model
+
+    def pretend_pretrained(*args, **kwargs):  # no network here: mark the weights instead of downloading them
+        model = create(*args, **{**kwargs, "pretrained": False})
+        with torch.no_grad():
+            model.conv1.weight.fill_(0.123 if kwargs.get("pretrained") else 0.0)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", pretend_pretrained)
+    kept = cls(config_cls(backbone="resnet18", backbone_pretrained=True))
+    assert bool((kept.backbone.conv1.weight == 0.123).all())
+    scratch = cls(config_cls(backbone="resnet18"))
+    assert not bool((scratch.backbone.conv1.weight == 0).all())      # from scratch: relzoo's He initialisation

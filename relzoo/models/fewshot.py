@@ -284,6 +284,9 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     def _build_backbone(self, config) -> None:
         self.backbone = build_backbone(config.backbone, config.backbone_kwargs, config.num_channels,
                                        config.backbone_pretrained)
+        if config.backbone_pretrained:  # keep timm's pretrained weights: post_init() must not re-initialise them
+            for module in self.backbone.modules():
+                module._is_hf_initialized = True
         self._support = None
 
     @torch.no_grad()
