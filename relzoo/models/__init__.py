@@ -1,5 +1,5 @@
 """Model families. Importing this package registers every family with timm and the transformers Auto classes."""
-from . import fewshot, san  # noqa: F401  (family list: add one import per family)
+from . import fewshot, hsnet, san  # noqa: F401  (family list: add one import per family)
 from .fewshot import (
                       AutoModelForFewShotClassification,
                       CrossTransformerConfig,
@@ -7,6 +7,12 @@ from .fewshot import (
                       FewShotClassifierOutput,
                       ProtoNetConfig,
                       ProtoNetForFewShotClassification,
+)
+from .hsnet import (
+                    AutoModelForFewShotSegmentation,
+                    FewShotSegmentationOutput,
+                    HSNetConfig,
+                    HSNetForFewShotSegmentation,
 )
 from .san import (
                   SAN,
@@ -18,7 +24,8 @@ from .san import (
                   san_image_processor,
 )
 
-__all__ = ["SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "CrossTransformerConfig",
+__all__ = ["SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "AutoModelForFewShotSegmentation",
+           "FewShotSegmentationOutput", "HSNetConfig", "HSNetForFewShotSegmentation", "CrossTransformerConfig",
            "CrossTransformerForFewShotClassification", "FewShotClassifierOutput", "ProtoNetConfig",
            "ProtoNetForFewShotClassification", "SANConfig", "SANForImageClassification", "SANModel",
            "SANPreTrainedModel", "san_image_processor"]

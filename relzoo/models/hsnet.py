@@ -1,0 +1,242 @@
+"""HSNet few-shot segmentation as a transformers model on any timm CNN backbone.
+
+``HSNetForFewShotSegmentation(query_pixel_values (B, C, H, W), support_pixel_values (B, K, C, H', W'),
+support_masks (B, K, H', W'), labels (B, H, W) optional)`` -> :class:`FewShotSegmentationOutput` with two-class
+``logits (B, 2, H, W)`` at the query's input size, the predicted mask and the loss.
+
+The backbone is frozen and stays in eval mode (its BatchNorm statistics never change); its taps
+(:mod:`relzoo.models.hsnet_taps`) are read once for the queries and once for all ``B * K`` support images, whatever
+``K``. Each shot's support features are masked by its mask (bilinear, ``align_corners=True``), correlated with the
+query's (:func:`relzoo.layers.hsnet.hypercorrelation`) and squeezed by the learner; logits are resized bilinearly
+(``align_corners=True``) to the query's size. With ``K > 1`` the prediction is the official vote: each shot's argmax
+mask is summed, divided by the image's largest vote, and thresholded at 0.5; ``logits`` are then the mean of the
+shots' logits (what the loss uses when training with several shots; the official model trains with one).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features
+from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, resolve_taps
+from .hub_mixin import ChecksummedPretrainedMixin
+from .inputs import check_image_batch
+
+__all__ = ["AutoModelForFewShotSegmentation", "FewShotSegmentationOutput", "HSNetConfig",
+           "HSNetForFewShotSegmentation", "HSNetPreTrainedModel"]
+
+IGNORE_INDEX = 255
+
+
+class HSNetConfig(PreTrainedConfig):
+    r"""Configuration of an HSNet few-shot segmenter (``model_type="hsnet"``).
+
+    Args:
+        backbone (`str`, defaults to `"resnet50"`): timm CNN name. `resnet50*`, `resnet101*` and `vgg16` get the
+            official taps; other CNNs the generic rule of :func:`relzoo.models.hsnet_taps.generic_taps`.
+        backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments.
+        backbone_pretrained (`bool`, defaults to `False`): load timm's pretrained backbone weights (HSNet uses
+            ImageNet weights and keeps them frozen; `False` gives a random frozen backbone, for tests).
+        feature_taps (`list[list[str]]`, *optional*): the taps per level, shallowest first (`"module"` = its output,
+            `"module:input"` = its input). `None`: resolved from the backbone when the model is built and stored.
+        num_channels (`int`, defaults to 3): image channels.
+        use_support_mask (`bool`, defaults to `True`): mask the support features (official); `False` is the
+            paper's unmasked (dagger) variant.
+        image_size (`int`, defaults to 400): the side the official models run at (preprocessing).
+    """
+
+    model_type = "hsnet"
+
+    def __init__(self, backbone="resnet50", backbone_kwargs=None, backbone_pretrained=False, feature_taps=None,
+                 num_channels=3, use_support_mask=True, image_size=400, **kwargs):
+        if not isinstance(backbone, str) or not backbone:
+            raise ValueError(f"`backbone` must be a timm model name (str), got {backbone!r}")
+        if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
+            raise ValueError(f"`backbone_kwargs` must be a dict of timm.create_model arguments or None, got "
+                             f"{backbone_kwargs!r}")
+        for key in ("num_classes", "in_chans", "pretrained"):
+            if key in (backbone_kwargs or {}):
+                raise ValueError(f"`backbone_kwargs` must not set {key!r} (use num_channels / backbone_pretrained)")
+        if feature_taps is not None and not (
+                isinstance(feature_taps, (list, tuple)) and len(feature_taps) == 3
+                and all(isinstance(level, (list, tuple)) and level and all(isinstance(t, str) for t in level)
+                        for level in feature_taps)):
+            raise ValueError(f"`feature_taps` must be three non-empty lists of module names (shallowest level "
+                             f"first), got {feature_taps!r}")
+        for name, value, low in (("num_channels", num_channels, 1), ("image_size", image_size, LEVEL_STRIDES[-1])):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+        for name, value in (("backbone_pretrained", backbone_pretrained), ("use_support_mask", use_support_mask)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be a bool, got {value!r}")
+        self.backbone, self.backbone_kwargs = backbone, dict(backbone_kwargs or {})
+        self.backbone_pretrained, self.num_channels = backbone_pretrained, num_channels
+        self.feature_taps = [list(level) for level in feature_taps] if feature_taps is not None else None
+        self.use_support_mask, self.image_size = use_support_mask, image_size
+        super().__init__(**kwargs)
+
+
+@dataclass
+class FewShotSegmentationOutput(ModelOutput):
+    """Output of a few-shot segmenter.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy of `logits` against `labels` (255
+            ignored), when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(B, 2, H, W)`): background / foreground scores at the query's size
+            (with several shots: the mean over shots).
+        predicted_mask (`torch.LongTensor` of shape `(B, H, W)`): the prediction (one shot: the argmax; several:
+            the official vote).
+        shot_logits (`torch.FloatTensor` of shape `(B, K, 2, H, W)`, *optional*): every shot's logits when K > 1.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    predicted_mask: torch.LongTensor | None = None
+    shot_logits: torch.FloatTensor | None = None
+
+
+class HSNetPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
+    config_class = HSNetConfig
+    base_model_prefix = "hsnet"
+    main_input_name = "query_pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # the learner starts from PyTorch's default initialisation, as the official one; the backbone keeps timm's
+        if hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
+            module.reset_parameters()
+
+
+def _check_binary(name: str, x: torch.Tensor, allowed: tuple[int, ...]) -> None:
+    values = torch.unique(x)
+    bad = [v for v in values.tolist() if v not in allowed]
+    if bad:
+        raise ValueError(f"`{name}` must hold only {allowed}, got values {sorted(values.tolist())[:10]}")
+
+
+class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
+    """HSNet (Min, Kang, Cho, ICCV 2021): hypercorrelation squeeze on a frozen timm backbone. See the module doc."""
+
+    def __init__(self, config: HSNetConfig):
+        super().__init__(config)
+        import timm
+
+        import relzoo  # noqa: F401  (relzoo's own timm models are valid backbones too)
+
+        if not timm.is_model(config.backbone):
+            raise ValueError(f"`backbone` must be a timm model name, got {config.backbone!r} (see timm.list_models())")
+        self.backbone = timm.create_model(config.backbone, pretrained=config.backbone_pretrained,
+                                          in_chans=config.num_channels, **config.backbone_kwargs)
+        self.backbone.requires_grad_(False).eval()
+        for module in self.backbone.modules():   # frozen: post_init() leaves timm's (pretrained) weights alone
+            module._is_hf_initialized = True
+        if config.feature_taps is None:
+            config.feature_taps = resolve_taps(config.backbone, self.backbone, config.num_channels)
+        self._taps = FeatureTaps(self.backbone, [t for level in config.feature_taps for t in level])
+        self.learner = HypercorrelationLearner([len(level) for level in config.feature_taps][::-1])
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()   # frozen, BatchNorm statistics included
+        return self
+
+    @torch.no_grad()
+    def extract_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The taps of ``pixel_values (N, C, H, W)``, shallowest level first, without gradients."""
+        with self._taps:
+            return self._taps.run(pixel_values)
+
+    def _check_inputs(self, query, support, masks, labels) -> None:
+        channels = self.config.num_channels
+        check_image_batch("query_pixel_values", query, channels, self.dtype)
+        if not isinstance(support, torch.Tensor) or support.dim() != 5:
+            raise ValueError(f"`support_pixel_values` must be a 5D tensor (B, K, {channels}, H, W), got "
+                             f"{tuple(support.shape) if isinstance(support, torch.Tensor) else type(support).__name__}")
+        if support.shape[1] == 0:
+            raise ValueError(f"`support_pixel_values` holds no shot (K = 0, shape {tuple(support.shape)}): every "
+                             "episode needs at least one support image with its mask")
+        check_image_batch("support_pixel_values", support.flatten(0, 1), channels, self.dtype)
+        batch = query.shape[0]
+        if batch == 0:
+            raise ValueError(f"`query_pixel_values` holds no image (shape {tuple(query.shape)})")
+        if support.shape[0] != batch:
+            raise ValueError(f"`support_pixel_values` must have the query's batch size {batch} (B, K, C, H, W), got "
+                             f"{support.shape[0]}")
+        small = min(min(query.shape[-2:]), min(support.shape[-2:]))
+        if small < LEVEL_STRIDES[-1]:
+            raise ValueError(f"images must be at least {LEVEL_STRIDES[-1]} px on each side (the deepest taps have "
+                             f"stride {LEVEL_STRIDES[-1]}), got query {tuple(query.shape[-2:])} and support "
+                             f"{tuple(support.shape[-2:])}")
+        if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (*support.shape[:2], *support.shape[-2:]):
+            raise ValueError(f"`support_masks` must have shape {(*support.shape[:2], *support.shape[-2:])} (B, K, H, "
+                             f"W of the support images), got "
+                             f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__}")
+        _check_binary("support_masks", masks, (0, 1))
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise TypeError(f"`labels` must be an integer tensor (B, H, W), got "
+                                f"{getattr(labels, 'dtype', type(labels).__name__)}")
+            if tuple(labels.shape) != (batch, *query.shape[-2:]):
+                raise ValueError(f"`labels` must have shape {(batch, *query.shape[-2:])} (the query images' B, H, W), "
+                                 f"got {tuple(labels.shape)}")
+            _check_binary("labels", labels, (0, 1, IGNORE_INDEX))
+
+    @can_return_tuple
+    def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,
+                support_masks: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **kwargs) -> FewShotSegmentationOutput:
+        self._check_inputs(query_pixel_values, support_pixel_values, support_masks, labels)
+        batch, shots = support_pixel_values.shape[:2]
+        size = tuple(query_pixel_values.shape[-2:])
+        query_features = self.extract_features(query_pixel_values)                      # once, whatever K
+        support_features = self.extract_features(support_pixel_values.flatten(0, 1))
+        groups = [len(level) for level in self.config.feature_taps]
+        shot_logits = []
+        for k in range(shots):
+            features = [f.unflatten(0, (batch, shots))[:, k] for f in support_features]
+            if self.config.use_support_mask:
+                features = masked_features(features, support_masks[:, k])
+            logits = self.learner(hypercorrelation(query_features, features, groups))
+            shot_logits.append(F.interpolate(logits, size, mode="bilinear", align_corners=True))
+        if shots == 1:
+            logits, predicted, stacked = shot_logits[0], shot_logits[0].argmax(1), None
+        else:
+            stacked = torch.stack(shot_logits, dim=1)
+            logits = stacked.mean(1)
+            votes = stacked.argmax(2).sum(1).float()                                    # (B, H, W)
+            top = votes.flatten(1).max(1).values.clamp(min=1)
+            predicted = (votes / top[:, None, None] >= 0.5).long()
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
+        return FewShotSegmentationOutput(loss=loss, logits=logits, predicted_mask=predicted, shot_logits=stacked)
+
+
+class AutoModelForFewShotSegmentation(_BaseAutoModelClass):
+    """``AutoModelForFewShotSegmentation.from_pretrained(folder)`` (transformers has no few-shot segmentation task;
+    relzoo adds this Auto class for it)."""
+
+    _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
+
+
+def _register_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModel
+
+    AutoConfig.register(HSNetConfig.model_type, HSNetConfig, exist_ok=True)
+    AutoModel.register(HSNetConfig, HSNetForFewShotSegmentation, exist_ok=True)
+    AutoModelForFewShotSegmentation.register(HSNetConfig, HSNetForFewShotSegmentation, exist_ok=True)
+
+
+_register_auto_classes()
