@@ -274,3 +274,72 @@ def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, re
         lines += ["## Architecture", "", f"From {paper}. Made with relzoo: `import relzoo` before loading.", ""]
         ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(tmp / "README.md")
     return Path(folder)
+
+
+HSNET_PAPER = "Min, Kang and Cho, *Hypercorrelation Squeeze for Few-Shot Segmentation*, ICCV 2021"
+HSNET_BACKBONES = ("resnet50", "resnet101", "vgg16")
+
+
+def _hsnet_key(official: str) -> str:
+    key = official.removeprefix("module.")
+    return "learner." + key.removeprefix("hpn_learner.") if key.startswith("hpn_learner.") else key
+
+
+def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_dir: str | os.PathLike,
+                           overwrite: bool = False, use_support_mask: bool = True) -> Path:
+    """Convert an official HSNet checkpoint (``best_model.pt``: the ``DataParallel`` state dict, every key prefixed
+    ``module.``, the frozen torchvision backbone included) into a Hub-ready folder for
+    :class:`relzoo.HSNetForFewShotSegmentation`.
+
+    ``module.hpn_learner.*`` becomes ``learner.*`` and ``module.backbone.*`` ``backbone.*`` (timm's ResNet and VGG
+    keep torchvision's names). VGG-16's ``classifier.*`` is not used by HSNet (its taps end at pool5) and is left
+    out; timm's VGG head, which HSNet never runs either, keeps its initialisation. Everything else is checked
+    strictly: a mismatch raises one ``ValueError`` naming the keys as the file names them, with expected and found
+    shapes. ``use_support_mask=False`` marks the paper's unmasked (dagger) checkpoints."""
+    from transformers import ViTImageProcessor
+
+    from .models.hsnet import HSNetConfig, HSNetForFewShotSegmentation
+
+    if backbone not in HSNET_BACKBONES:
+        raise ValueError(f"`backbone` must be one of {HSNET_BACKBONES} (the released HSNet models), got {backbone!r}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"`output` {str(output_dir)!r} exists and is not empty; pass --overwrite "
+                              "(overwrite=True) to replace it")
+    raw = load_checkpoint_safely(checkpoint)
+    original = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
+    bad = [k for k, v in original.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"checkpoint {str(checkpoint)!r}: entries that are not tensors: {bad[:3]}")
+    names = {_hsnet_key(k): k for k in original}
+    state = {_hsnet_key(k): v for k, v in original.items()
+             if not (backbone == "vgg16" and _hsnet_key(k).startswith("backbone.classifier."))}
+    model = HSNetForFewShotSegmentation(HSNetConfig(backbone=backbone, use_support_mask=use_support_mask))
+    unused = ("backbone.pre_logits.", "backbone.head.") if backbone == "vgg16" else ()
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(unused)}
+    mismatched, missing, unexpected = _state_mismatch(state, expected, lambda k: names.get(k, "module." + k))
+    if mismatched or missing or unexpected:
+        parts = [f"{len(lst)} {what} ({'; '.join(lst[:3])}{'; ...' if len(lst) > 3 else ''})"
+                 for what, lst in (("with other shapes", mismatched), ("missing", missing),
+                                   ("unexpected", unexpected)) if lst]
+        raise ValueError(f"checkpoint {str(checkpoint)!r} does not match HSNet on {backbone}: {', '.join(parts)}")
+    model.load_state_dict(state, strict=False)
+    model_id = f"relzoo/hsnet-{backbone}" + ("" if use_support_mask else "-unmasked")
+    with atomic_folder(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        ViTImageProcessor(size={"height": 400, "width": 400}, image_mean=list(IMAGENET_DEFAULT_MEAN),
+                          image_std=list(IMAGENET_DEFAULT_STD), resample=2).save_pretrained(tmp)
+        data = ModelCardData(library_name="transformers", model_name=model_id,
+                             tags=["few-shot", "segmentation", "relzoo", "hsnet", "timm"])
+        lines = [f"# {model_id}", "",
+                 f"HSNet on a frozen `{backbone}` backbone: converted official weights "
+                 f"(`{Path(checkpoint).name}`), not trained by relzoo.", "", "## How to use", "",
+                 "```python\nimport relzoo  # registers the architecture with transformers\n"
+                 "model = relzoo.AutoModelForFewShotSegmentation.from_pretrained(FOLDER_OR_REPO).eval()\n"
+                 "out = model(query_pixel_values=q, support_pixel_values=s, support_masks=m)   # 400 x 400, ImageNet norm\n"
+                 "mask = out.predicted_mask\n```", "",
+                 "## Architecture", "", f"From {HSNET_PAPER}. Made with relzoo: `import relzoo` before loading.", "",
+                 "## License", "", "The weights' terms are those of the official release (juhongm999/hsnet); relzoo "
+                 "does not record them here.", ""]
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(tmp / "README.md")
+    return output_dir

@@ -122,3 +122,61 @@ def test_bad_input_is_named_before_the_backbone_runs(resnet50_hsnet, change, err
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         HSNetConfig(**{field: value})
+
+
+def _official_checkpoint(model, path, extra=None):
+    """A state dict in the official layout: DataParallel's `module.` prefix, `hpn_learner.`, backbone included."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(("backbone.pre_logits.", "backbone.head.")):
+            continue                                                     # timm's VGG head: not in torchvision's
+        official = "module." + ("hpn_learner." + key.removeprefix("learner.") if key.startswith("learner.") else key)
+        state[official] = value.clone()
+    state.update(extra or {})
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("backbone,extra", [
+    ("resnet50", None),
+    ("vgg16", {"module.backbone.classifier.0.weight": torch.zeros(4096, 25088 // 64)}),  # torchvision's head
+])
+def test_official_checkpoint_converts_to_an_equal_model(tmp_path, backbone, extra):
+    from relzoo.hub import convert_official_hsnet
+
+    torch.manual_seed(5)
+    source = HSNetForFewShotSegmentation(HSNetConfig(backbone=backbone)).eval()
+    _official_checkpoint(source, tmp_path / "best_model.pt", extra)
+    folder = convert_official_hsnet(tmp_path / "best_model.pt", backbone, tmp_path / "out")
+    loaded = AutoModelForFewShotSegmentation.from_pretrained(folder).eval()
+    q, s, m, _ = _episode(b=1, h=64, w=64, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(q, s, m).logits, source(q, s, m).logits)
+    assert (folder / "README.md").read_text().count("converted official weights") == 1
+
+
+def test_converter_names_what_does_not_match(tmp_path):
+    from relzoo.hub import convert_official_hsnet
+
+    source = HSNetForFewShotSegmentation(HSNetConfig(backbone="resnet50"))
+    _official_checkpoint(source, tmp_path / "rn50.pt")
+    with pytest.raises(ValueError, match=r"does not match HSNet on resnet101: .*missing \(module\.backbone\.layer3\.6"):
+        convert_official_hsnet(tmp_path / "rn50.pt", "resnet101", tmp_path / "out")
+    with pytest.raises(ValueError, match="must be one of"):
+        convert_official_hsnet(tmp_path / "rn50.pt", "resnet18", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert_official_hsnet(tmp_path / "rn50.pt", "resnet50", tmp_path / "out")
+
+
+def test_convert_script_reports_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "convert_hsnet.py"), "--backbone", "resnet50",
+                           "--checkpoint", str(tmp_path / "none.pt"), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("does not exist or is not a file")
