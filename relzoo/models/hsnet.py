@@ -96,12 +96,16 @@ class FewShotSegmentationOutput(ModelOutput):
         predicted_mask (`torch.LongTensor` of shape `(B, H, W)`): the prediction (one shot: the argmax; several:
             the official vote).
         shot_logits (`torch.FloatTensor` of shape `(B, K, 2, H, W)`, *optional*): every shot's logits when K > 1.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): with `output_hidden_states=True`, the learner's
+            encoding of each shot (the 4D features mixed over levels and averaged over the support dims, before the
+            decoder), `K` tensors of shape `(B, 128, h, w)`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predicted_mask: torch.LongTensor | None = None
     shot_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class HSNetPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
@@ -113,7 +117,7 @@ class HSNetPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # the learner starts from PyTorch's default initialisation, as the official one; the backbone keeps timm's
+        # PyTorch's default initialisation, as the official learner (a pretrained backbone is not re-initialised)
         if hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
             module.reset_parameters()
 
@@ -139,8 +143,9 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
         self.backbone = timm.create_model(config.backbone, pretrained=config.backbone_pretrained,
                                           in_chans=config.num_channels, **config.backbone_kwargs)
         self.backbone.requires_grad_(False).eval()
-        for module in self.backbone.modules():   # frozen: post_init() leaves timm's (pretrained) weights alone
-            module._is_hf_initialized = True
+        if config.backbone_pretrained:  # keep timm's pretrained weights: post_init() must not re-initialise them
+            for module in self.backbone.modules():
+                module._is_hf_initialized = True
         if config.feature_taps is None:
             config.feature_taps = resolve_taps(config.backbone, self.backbone, config.num_channels)
         self._taps = FeatureTaps(self.backbone, [t for level in config.feature_taps for t in level])
@@ -196,19 +201,22 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
     @can_return_tuple
     def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,
                 support_masks: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **kwargs) -> FewShotSegmentationOutput:
+                output_hidden_states: bool | None = None, **kwargs) -> FewShotSegmentationOutput:
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         self._check_inputs(query_pixel_values, support_pixel_values, support_masks, labels)
         batch, shots = support_pixel_values.shape[:2]
         size = tuple(query_pixel_values.shape[-2:])
         query_features = self.extract_features(query_pixel_values)                      # once, whatever K
         support_features = self.extract_features(support_pixel_values.flatten(0, 1))
         groups = [len(level) for level in self.config.feature_taps]
-        shot_logits = []
+        shot_logits, encodings = [], []
         for k in range(shots):
             features = [f.unflatten(0, (batch, shots))[:, k] for f in support_features]
             if self.config.use_support_mask:
                 features = masked_features(features, support_masks[:, k])
-            logits = self.learner(hypercorrelation(query_features, features, groups))
+            encodings.append(self.learner.encode(hypercorrelation(query_features, features, groups)))
+            logits = self.learner.decode(encodings[-1])
             shot_logits.append(F.interpolate(logits, size, mode="bilinear", align_corners=True))
         if shots == 1:
             logits, predicted, stacked = shot_logits[0], shot_logits[0].argmax(1), None
@@ -221,7 +229,8 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
-        return FewShotSegmentationOutput(loss=loss, logits=logits, predicted_mask=predicted, shot_logits=stacked)
+        return FewShotSegmentationOutput(loss=loss, logits=logits, predicted_mask=predicted, shot_logits=stacked,
+                                         hidden_states=tuple(encodings) if output_hidden_states else None)
 
 
 class AutoModelForFewShotSegmentation(_BaseAutoModelClass):
