@@ -44,3 +44,27 @@ def broken_image_folder():
     """``make(root, classes=3, per_class=6) -> [broken train file, broken test file]``: an imagefolder of random PNGs
     with one truncated file in train/c1 and one in the last test class."""
     return _folder_with_broken_image
+
+
+@pytest.fixture(scope="session")
+def fashion_like(tmp_path_factory):
+    """A folder in Fashion-MNIST's idx layout (pass it as ``data_dir``): per split, 6 items per class, each a bright
+    ellipse on black, so that tests never need the Debian package."""
+    import numpy as np
+
+    from relzoo.data import write_idx
+
+    root = tmp_path_factory.mktemp("fashion_like")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:28, :28]
+    for stem in ("train", "t10k"):
+        images, labels = [], []
+        for label in range(10):
+            for _ in range(6):
+                cy, cx, ry, rx = rng.uniform(10, 18), rng.uniform(10, 18), rng.uniform(4, 10), rng.uniform(4, 10)
+                inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+                images.append(np.where(inside, rng.integers(80, 256, (28, 28)), 0))
+                labels.append(label)
+        write_idx(root / f"{stem}-images-idx3-ubyte.gz", np.stack(images))
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", np.array(labels))
+    return root

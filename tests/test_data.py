@@ -1,6 +1,4 @@
 """Built-in datasets, folders and seeded transforms."""
-import gzip
-import struct
 
 import numpy as np
 import pytest
@@ -16,28 +14,23 @@ from relzoo.data import (
     load_fashion_mnist,
     load_image_dataset,
     read_idx,
+    write_idx,
 )
-
-
-def _write_idx(path, array: np.ndarray, gz=True):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(data)
 
 
 @pytest.fixture
 def fake_fashion(tmp_path):
     rng = np.random.default_rng(0)
     for stem, n in (("train", 12), ("t10k", 5)):
-        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     return tmp_path
 
 
 def test_read_idx_round_trip(tmp_path):
     arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    _write_idx(tmp_path / "a.gz", arr)
-    _write_idx(tmp_path / "b", arr, gz=False)
+    write_idx(tmp_path / "a.gz", arr)
+    write_idx(tmp_path / "b", arr)
     assert np.array_equal(read_idx(tmp_path / "a.gz"), arr) and np.array_equal(read_idx(tmp_path / "b"), arr)
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
     with pytest.raises(ValueError, match="not an IDX file"):

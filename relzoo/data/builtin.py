@@ -41,6 +41,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return arr.reshape(shape).astype(dtypes[data[2]].replace(">", "="))
 
 
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip-compressed when ``path`` ends in ``.gz``), the inverse of
+    :func:`read_idx`; e.g. to lay out other images in Fashion-MNIST's file format."""
+    import struct
+
+    path, array = Path(path), np.asarray(array)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
 def _find_idx(directory: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         if (directory / name).is_file():
