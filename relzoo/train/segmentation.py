@@ -1,0 +1,257 @@
+"""HSNet fine-tuning and evaluation on the shared engine (``scripts/finetune_hsnet.py``).
+
+Training follows the official recipe: 1-shot episodes, Adam with a constant learning rate (1e-3), the backbone
+frozen. Evaluation runs 1-shot and 5-shot test episodes (configurable) on the fold's unseen classes and reports
+mIoU and FB-IoU (:class:`relzoo.metrics.FewShotSegmentationIoU`); the episodes are shared out over processes and
+their counts summed. ``--pictures N`` writes PNG panels (support with its mask, query, prediction, ground truth).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
+
+DATASETS = ("fashion_mnist_composites",)
+
+
+@dataclass
+class SegmentationTrainingArguments:
+    backbone: str = field(default="resnet50", metadata={"help": "timm CNN (official taps for resnet50/101, vgg16)"})
+    backbone_kwargs: str | None = field(default=None, metadata={"help": "JSON dict of timm.create_model arguments"})
+    backbone_pretrained: bool = field(default=False, metadata={
+        "help": "timm's ImageNet weights for the frozen backbone (needs the Hub or its cache)"})
+    backbone_weights: str | None = field(default=None, metadata={
+        "help": "a state dict (.safetensors, or .pt read with weights_only) for the frozen backbone; keys may carry "
+                "a 'backbone.' prefix (e.g. a relzoo few-shot classifier's model.safetensors)"})
+    dataset: str = field(default="fashion_mnist_composites", metadata={"help": f"one of {DATASETS}"})
+    fold: int = field(default=0, metadata={"help": "fold: its classes are the test classes, never seen in training"})
+    image_size: int = field(default=128, metadata={"help": "canvas side (official: 400)"})
+    batch_size: int = field(default=4, metadata={"help": "1-shot training episodes per step and process"})
+    max_steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (official 1e-3, constant)"})
+    eval_shots: str = field(default="1,5", metadata={"help": "comma-separated shots of the test episodes"})
+    eval_episodes: int = field(default=300, metadata={"help": "test episodes per shot count (official 1000)"})
+    eval_batch_size: int = field(default=8, metadata={"help": "test episodes per forward"})
+    pictures: int = field(default=0, metadata={"help": "write PNG panels of this many 1-shot test episodes"})
+    output_dir: str = field(default="outputs/hsnet", metadata={"help": "where everything goes"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    stop_after_steps: int | None = field(default=None, metadata={
+        "help": "stop (as if killed) after this many steps of this invocation; for testing resume"})
+    seed: int = field(default=0, metadata={"help": "seed for the learner, episodes and augmentation"})
+    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    save_model: bool = field(default=True, metadata={"help": "write the model folder output_dir/model"})
+    mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
+    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder of the Fashion-MNIST idx files"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def parsed_backbone_kwargs(self) -> dict:
+        return json.loads(self.backbone_kwargs) if self.backbone_kwargs else {}
+
+    def parsed_shots(self) -> list[int]:
+        return [int(s) for s in self.eval_shots.split(",") if s.strip()]
+
+    def validate(self) -> None:
+        """Every argument checked before anything is loaded; one ``ValueError`` naming the argument and value."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"`dataset` must be one of {DATASETS}, got {self.dataset!r}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        at_least = {"image_size": 32, "batch_size": 1, "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1,
+                    "pictures": 0, "checkpoint_every": 0, "keep_checkpoints": 1, "log_every": 1, "num_workers": 0,
+                    "stop_after_steps": 1, "fold": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is None and name == "stop_after_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+        if self.fold > 1:
+            raise ValueError(f"`fold` must be 0 or 1 for {self.dataset}, got {self.fold}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"`lr` must be a positive number, got {self.lr!r}")
+        try:
+            shots = self.parsed_shots()
+        except ValueError:
+            raise ValueError(f"`eval_shots` must be comma-separated integers, got {self.eval_shots!r}") from None
+        if not shots or min(shots) < 1:
+            raise ValueError(f"`eval_shots` must be comma-separated integers >= 1, got {self.eval_shots!r}")
+        try:
+            kwargs = self.parsed_backbone_kwargs()
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`backbone_kwargs` must be a JSON dict, got {self.backbone_kwargs!r} ({err})") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"`backbone_kwargs` must be a JSON dict, got {self.backbone_kwargs!r}")
+        if self.backbone_weights is not None and not Path(self.backbone_weights).is_file():
+            raise ValueError(f"`backbone_weights` {self.backbone_weights!r} does not exist or is not a file")
+
+
+def load_backbone_weights(model, path: str) -> dict:
+    """Load a state dict into ``model.backbone`` (``backbone.`` prefixes stripped). Only the classifier may be
+    missing (HSNet never runs it); any other missing, unexpected or mis-shaped key raises a ``ValueError`` naming
+    it. Returns ``{"loaded": n, "missing_classifier": [...]}``."""
+    from ..hub import load_checkpoint_safely
+
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        raw = load_file(path)
+    else:
+        raw = load_checkpoint_safely(path, "backbone_weights")
+        raw = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
+    prefixed = any(k.startswith("backbone.") for k in raw)
+    state = {k.removeprefix("backbone."): v for k, v in raw.items() if k.startswith("backbone.") or not prefixed}
+    expected = model.backbone.state_dict()
+    classifier = model.backbone.pretrained_cfg.get("classifier", "fc") if hasattr(model.backbone,
+                                                                                   "pretrained_cfg") else "fc"
+    heads = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier)) + ("pre_logits.",)
+    shapes = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}" for k, v in state.items()
+              if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = [k for k in missing if not k.startswith(heads)]
+    if shapes or problems or unexpected:
+        raise ValueError(f"`backbone_weights` {path!r} do not fit {model.config.backbone}: "
+                         f"{len(shapes)} with other shapes {shapes[:3]}, {len(problems)} missing {problems[:3]}, "
+                         f"{len(unexpected)} unexpected {unexpected[:3]}")
+    model.backbone.load_state_dict(state, strict=False)
+    return {"loaded": len(state), "missing_classifier": missing}
+
+
+@torch.no_grad()
+def evaluate_segmentation(model, args: SegmentationTrainingArguments, accelerator) -> list[dict]:
+    """mIoU / FB-IoU of the fold's test classes for every shot count, episodes shared out over processes."""
+    from ..data.segmentation import FashionMNISTComposites
+    from ..metrics import FewShotSegmentationIoU
+
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    rows = []
+    for shots in args.parsed_shots():
+        episodes = FashionMNISTComposites("test", fold=args.fold, shots=shots, episodes=args.eval_episodes,
+                                          image_size=args.image_size, seed=args.seed + 1, data_dir=args.data_dir)
+        mine = torch.utils.data.Subset(episodes, range(accelerator.process_index, len(episodes),
+                                                       accelerator.num_processes))
+        loader = torch.utils.data.DataLoader(mine, batch_size=args.eval_batch_size, num_workers=args.num_workers)
+        meter = FewShotSegmentationIoU(episodes.classes)
+        for batch in loader:
+            with accelerator.autocast():
+                out = net(query_pixel_values=batch["query_pixel_values"].to(accelerator.device, net.dtype),
+                          support_pixel_values=batch["support_pixel_values"].to(accelerator.device, net.dtype),
+                          support_masks=batch["support_masks"].to(accelerator.device))
+            meter.update(out.predicted_mask, batch["labels"], batch["class_id"])
+        if accelerator.num_processes > 1:
+            meter.load_state(accelerator.reduce(meter.state().to(accelerator.device), reduction="sum"))
+        res = meter.compute()
+        rows.append({"shot": shots, "fold": args.fold, "classes": list(episodes.classes), "miou": res["miou"],
+                     "fb_iou": res["fb_iou"], "per_class_iou": res["per_class_iou"], "episodes": res["episodes"]})
+        accelerator.print(f"fold {args.fold} (unseen classes {episodes.classes}) {shots}-shot: mIoU "
+                          f"{res['miou']:.2f}, FB-IoU {res['fb_iou']:.2f} over {res['episodes']} episodes")
+    return rows
+
+
+@torch.no_grad()
+def write_pictures(model, args: SegmentationTrainingArguments, folder: Path) -> list[Path]:
+    """PNG panels for the first ``args.pictures`` 1-shot test episodes: support with its mask (red), query,
+    prediction, ground truth."""
+    import numpy as np
+    from PIL import Image
+
+    from ..data.segmentation import IMAGENET_MEAN, IMAGENET_STD, FashionMNISTComposites
+
+    episodes = FashionMNISTComposites("test", fold=args.fold, shots=1, episodes=max(args.pictures, 1),
+                                      image_size=args.image_size, seed=args.seed + 1, data_dir=args.data_dir)
+    model.eval()
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(args.pictures):
+        ep = episodes[i]
+        out = model(query_pixel_values=ep["query_pixel_values"][None].to(model.device, model.dtype),
+                    support_pixel_values=ep["support_pixel_values"][None].to(model.device, model.dtype),
+                    support_masks=ep["support_masks"][None].to(model.device))
+        support = (ep["support_pixel_values"][0] * std + mean).clamp(0, 1)
+        support = torch.where(ep["support_masks"][0].bool(), 0.5 * support + 0.5 * torch.tensor([1.0, 0, 0])[:, None,
+                                                                                                        None], support)
+        query = (ep["query_pixel_values"] * std + mean).clamp(0, 1)
+        pred = out.predicted_mask[0].cpu().float()[None].expand(3, -1, -1)
+        truth = ep["labels"].float()[None].expand(3, -1, -1)
+        gap = torch.ones(3, args.image_size, 4)
+        panel = torch.cat([support, gap, query, gap, pred, gap, truth], dim=2)
+        path = folder / f"episode{i:03d}_class{ep['class_id']}.png"
+        Image.fromarray((panel.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def train_segmentation(args: SegmentationTrainingArguments) -> dict:
+    """Fine-tune HSNet's learner on 1-shot episodes, evaluate, save; returns a summary (also ``results.json``)."""
+    from accelerate.utils import set_seed
+
+    from ..data.segmentation import FashionMNISTComposites
+    from ..models.hsnet import HSNetConfig, HSNetForFewShotSegmentation
+
+    args.validate()
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
+    set_seed(args.seed)
+    out_dir = Path(args.output_dir)
+    model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone, backbone_kwargs=args.parsed_backbone_kwargs(),
+                                                    backbone_pretrained=args.backbone_pretrained))
+    weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
+    episodes = FashionMNISTComposites("train", fold=args.fold, shots=1, image_size=args.image_size, seed=args.seed,
+                                      episodes=args.max_steps * args.batch_size * accelerator.num_processes,
+                                      data_dir=args.data_dir)
+    train_dl = torch.utils.data.DataLoader(episodes, batch_size=args.batch_size, shuffle=False, drop_last=True,
+                                           num_workers=args.num_workers)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # official: constant
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    run = {"model": "hsnet", "backbone": args.backbone, "backbone_weights": args.backbone_weights,
+           "dataset": args.dataset, "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
+           "seed": args.seed, "num_processes": accelerator.num_processes}
+    engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, args.max_steps,
+                            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                            keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
+                            epoch_hooks=[episodes])
+    if args.resume:
+        engine.resume()
+    net = accelerator.unwrap_model(model)
+    accelerator.print(f"HSNet on {args.backbone} (frozen{', weights ' + args.backbone_weights if weights else ''}): "
+                      f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters | "
+                      f"1-shot episodes, {args.batch_size} per step and process, fold {args.fold} | "
+                      f"{accelerator.num_processes} process(es) | {args.max_steps} steps")
+
+    def step(batch):
+        with accelerator.autocast():
+            return model(query_pixel_values=batch["query_pixel_values"],
+                         support_pixel_values=batch["support_pixel_values"],
+                         support_masks=batch["support_masks"], labels=batch["labels"]).loss
+
+    summary = {"model": "hsnet", "backbone": args.backbone, **engine.fit(step), "backbone_weights": weights}
+    if summary.get("interrupted"):
+        return summary
+    summary["results"] = evaluate_segmentation(model, args, accelerator)
+    summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
+    if accelerator.is_main_process:
+        if args.pictures:
+            summary["pictures"] = [str(p) for p in write_pictures(net, args, out_dir / "pictures")]
+        if args.save_model:
+            from ..hub import atomic_folder
+
+            with atomic_folder(out_dir / "model") as tmp:
+                net.save_pretrained(tmp)
+            summary["model_dir"] = str(out_dir / "model")
+        summary["arguments"] = dataclasses.asdict(args)
+        write_json_atomic(out_dir / "results.json", summary)
+    accelerator.wait_for_everyone()
+    return summary
