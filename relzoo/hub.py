@@ -165,6 +165,23 @@ def _state_mismatch(state: dict, expected: dict, original_name) -> tuple[list[st
     return mismatched, missing, unexpected
 
 
+def _open_conversion(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool
+                     ) -> tuple[dict, dict, Path]:
+    """What every converter does first: refuse a non-empty ``output_dir`` unless ``overwrite``, read the checkpoint
+    safely, and return it raw, its state dict (``raw["state_dict"]`` or ``raw`` itself, tensors only) and the
+    output path."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"`output` {str(output_dir)!r} exists and is not empty; pass --overwrite "
+                              "(overwrite=True) to replace it")
+    raw = load_checkpoint_safely(checkpoint)
+    original = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
+    bad = [k for k, v in original.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"checkpoint {str(checkpoint)!r}: entries that are not tensors: {bad[:3]}")
+    return raw, original, output_dir
+
+
 def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir: str | os.PathLike,
                          overwrite: bool = False) -> Path:
     """Convert an official SAN checkpoint (``{"state_dict": {"module.conv_in.weight": ...}}`` as written by the
@@ -181,17 +198,9 @@ def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir
 
     if variant not in SAN_VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(SAN_VARIANTS)}, got {variant!r}")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"`output` {str(output_dir)!r} exists and is not empty; pass --overwrite "
-                              "(overwrite=True) to replace it")
-    raw = load_checkpoint_safely(checkpoint)
-    original = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
+    raw, original, output_dir = _open_conversion(checkpoint, output_dir, overwrite)
     prefix = "module." if original and all(k.startswith("module.") for k in original) else ""
     state = checkpoint_filter_fn(raw)
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"checkpoint {str(checkpoint)!r}: entries that are not tensors: {bad[:3]}")
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
 
     def expected_state(name: str) -> dict:
@@ -302,15 +311,7 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
 
     if backbone not in HSNET_BACKBONES:
         raise ValueError(f"`backbone` must be one of {HSNET_BACKBONES} (the released HSNet models), got {backbone!r}")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"`output` {str(output_dir)!r} exists and is not empty; pass --overwrite "
-                              "(overwrite=True) to replace it")
-    raw = load_checkpoint_safely(checkpoint)
-    original = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
-    bad = [k for k, v in original.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"checkpoint {str(checkpoint)!r}: entries that are not tensors: {bad[:3]}")
+    _, original, output_dir = _open_conversion(checkpoint, output_dir, overwrite)
     names = {_hsnet_key(k): k for k in original}
     state = {_hsnet_key(k): v for k, v in original.items()
              if not (backbone == "vgg16" and _hsnet_key(k).startswith("backbone.classifier."))}
