@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["FOLD_CLASSES", "FashionMNISTComposites"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # fold -> test classes (the other five are the training classes): odd / even, as the few-shot classification split
 FOLD_CLASSES = {0: (1, 3, 5, 7, 9), 1: (0, 2, 4, 6, 8)}
 
@@ -66,8 +66,8 @@ class FashionMNISTComposites(torch.utils.data.Dataset):
         self.items = {c: images[labels == c] for c in self.classes}
         self.split, self.fold, self.shots, self.episodes, self.seed = split, fold, shots, episodes, seed
         self.image_size, self.item_count, self.item_size, self.epoch = image_size, tuple(items), item_size, 0
-        self._mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-        self._std = torch.tensor(IMAGENET_STD)[:, None, None]
+        self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]   # the normalisation of every image it returns
+        self.std = torch.tensor(IMAGENET_STD)[:, None, None]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -111,7 +111,7 @@ class FashionMNISTComposites(torch.utils.data.Dataset):
             int(rng.choice(self.classes))
         query, owner = self.canvas(rng, target)
         supports = [self.canvas(rng, target) for _ in range(self.shots)]
-        return {"query_pixel_values": (query - self._mean) / self._std,
-                "support_pixel_values": torch.stack([(img - self._mean) / self._std for img, _ in supports]),
+        return {"query_pixel_values": (query - self.mean) / self.std,
+                "support_pixel_values": torch.stack([(img - self.mean) / self.std for img, _ in supports]),
                 "support_masks": torch.stack([(own == target).float() for _, own in supports]),
                 "labels": (owner == target).long(), "class_id": target}

@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..layers.crosstransformer import CrossAttentionHead, check_support_labels, prototype_logits
+from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
 
@@ -46,18 +47,6 @@ DEFAULT_BACKBONE_KWARGS = {"output_stride": 16}
 # ----------------------------------------------------------------------------------------------------------------
 # backbone
 # ----------------------------------------------------------------------------------------------------------------
-def build_backbone(name: str, kwargs: dict | None = None, in_chans: int = 3, pretrained: bool = False) -> nn.Module:
-    """A timm model with its spatial features kept (no pooling, no classifier)."""
-    import timm
-
-    import relzoo  # noqa: F401  (relzoo's own timm models are valid backbones too)
-
-    if not timm.is_model(name):
-        raise ValueError(f"`backbone` must be a timm model name, got {name!r} (see timm.list_models())")
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans,
-                             **(kwargs or {}))
-
-
 def spatial_features(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """``backbone.forward_features`` as a map ``(B, C, h, w)``. Token outputs ``(B, L, C)`` (ViTs) lose their prefix
     tokens and are laid out on a square grid when ``L`` is a square, else as ``(B, C, L, 1)``."""
@@ -156,23 +145,11 @@ def check_query_labels(query_labels, num_queries: int, num_classes: int) -> None
 # configs
 # ----------------------------------------------------------------------------------------------------------------
 def _check_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats) -> dict:
-    if not isinstance(backbone, str) or not backbone:
-        raise ValueError(f"`backbone` must be a timm model name (str), got {backbone!r}")
-    if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
-        raise ValueError(f"`backbone_kwargs` must be a dict of timm.create_model arguments or None, got "
-                         f"{backbone_kwargs!r}")
-    for key in ("num_classes", "global_pool", "in_chans", "pretrained"):
-        if key in (backbone_kwargs or {}):
-            raise ValueError(f"`backbone_kwargs` must not set {key!r} (the model sets it; use num_channels / "
-                             "backbone_pretrained)")
-    if not isinstance(backbone_pretrained, bool):
-        raise ValueError(f"`backbone_pretrained` must be a bool, got {backbone_pretrained!r}")
-    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(f"`num_channels` must be a positive int, got {num_channels!r}")
+    kwargs = check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels,
+                                   reserved=("num_classes", "global_pool", "in_chans", "pretrained"))
     if query_bn_stats not in QUERY_BN_STATS:
         raise ValueError(f"`query_bn_stats` must be one of {QUERY_BN_STATS}, got {query_bn_stats!r}")
-    return dict(DEFAULT_BACKBONE_KWARGS) if backbone_kwargs is None and backbone == "resnet34" else \
-        dict(backbone_kwargs or {})
+    return dict(DEFAULT_BACKBONE_KWARGS) if backbone_kwargs is None and backbone == "resnet34" else kwargs
 
 
 class _FewShotConfig(PreTrainedConfig):
@@ -284,9 +261,6 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     def _build_backbone(self, config) -> None:
         self.backbone = build_backbone(config.backbone, config.backbone_kwargs, config.num_channels,
                                        config.backbone_pretrained)
-        if config.backbone_pretrained:  # keep timm's pretrained weights: post_init() must not re-initialise them
-            for module in self.backbone.modules():
-                module._is_hf_initialized = True
         self._support = None
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features
+from .backbones import build_backbone, check_backbone_config
 from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, resolve_taps
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
@@ -57,27 +58,18 @@ class HSNetConfig(PreTrainedConfig):
 
     def __init__(self, backbone="resnet50", backbone_kwargs=None, backbone_pretrained=False, feature_taps=None,
                  num_channels=3, use_support_mask=True, image_size=400, **kwargs):
-        if not isinstance(backbone, str) or not backbone:
-            raise ValueError(f"`backbone` must be a timm model name (str), got {backbone!r}")
-        if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
-            raise ValueError(f"`backbone_kwargs` must be a dict of timm.create_model arguments or None, got "
-                             f"{backbone_kwargs!r}")
-        for key in ("num_classes", "in_chans", "pretrained"):
-            if key in (backbone_kwargs or {}):
-                raise ValueError(f"`backbone_kwargs` must not set {key!r} (use num_channels / backbone_pretrained)")
+        kwargs_checked = check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels)
         if feature_taps is not None and not (
                 isinstance(feature_taps, (list, tuple)) and len(feature_taps) == 3
                 and all(isinstance(level, (list, tuple)) and level and all(isinstance(t, str) for t in level)
                         for level in feature_taps)):
             raise ValueError(f"`feature_taps` must be three non-empty lists of module names (shallowest level "
                              f"first), got {feature_taps!r}")
-        for name, value, low in (("num_channels", num_channels, 1), ("image_size", image_size, LEVEL_STRIDES[-1])):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
-        for name, value in (("backbone_pretrained", backbone_pretrained), ("use_support_mask", use_support_mask)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{name}` must be a bool, got {value!r}")
-        self.backbone, self.backbone_kwargs = backbone, dict(backbone_kwargs or {})
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < LEVEL_STRIDES[-1]:
+            raise ValueError(f"`image_size` must be an int >= {LEVEL_STRIDES[-1]}, got {image_size!r}")
+        if not isinstance(use_support_mask, bool):
+            raise ValueError(f"`use_support_mask` must be a bool, got {use_support_mask!r}")
+        self.backbone, self.backbone_kwargs = backbone, kwargs_checked
         self.backbone_pretrained, self.num_channels = backbone_pretrained, num_channels
         self.feature_taps = [list(level) for level in feature_taps] if feature_taps is not None else None
         self.use_support_mask, self.image_size = use_support_mask, image_size
@@ -123,10 +115,8 @@ class HSNetPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
 
 
 def _check_binary(name: str, x: torch.Tensor, allowed: tuple[int, ...]) -> None:
-    values = torch.unique(x)
-    bad = [v for v in values.tolist() if v not in allowed]
-    if bad:
-        raise ValueError(f"`{name}` must hold only {allowed}, got values {sorted(values.tolist())[:10]}")
+    if not bool(torch.isin(x, torch.tensor(allowed, dtype=x.dtype, device=x.device)).all()):
+        raise ValueError(f"`{name}` must hold only {allowed}, got values {sorted(torch.unique(x).tolist())[:10]}")
 
 
 class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
@@ -134,18 +124,10 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
 
     def __init__(self, config: HSNetConfig):
         super().__init__(config)
-        import timm
-
-        import relzoo  # noqa: F401  (relzoo's own timm models are valid backbones too)
-
-        if not timm.is_model(config.backbone):
-            raise ValueError(f"`backbone` must be a timm model name, got {config.backbone!r} (see timm.list_models())")
-        self.backbone = timm.create_model(config.backbone, pretrained=config.backbone_pretrained,
-                                          in_chans=config.num_channels, **config.backbone_kwargs)
+        # the whole network (official checkpoints hold its classifier too); the forward stops after the last tap
+        self.backbone = build_backbone(config.backbone, config.backbone_kwargs, config.num_channels,
+                                       config.backbone_pretrained, headless=False)
         self.backbone.requires_grad_(False).eval()
-        if config.backbone_pretrained:  # keep timm's pretrained weights: post_init() must not re-initialise them
-            for module in self.backbone.modules():
-                module._is_hf_initialized = True
         if config.feature_taps is None:
             config.feature_taps = resolve_taps(config.backbone, self.backbone, config.num_channels)
         self._taps = FeatureTaps(self.backbone, [t for level in config.feature_taps for t in level])

@@ -67,9 +67,7 @@ def generic_taps(model: nn.Module, in_chans: int = 3, probe_size: int = 256) -> 
     local = [n.rpartition(".")[2] for n in names if n.rpartition(".")[0] == parent]
     if not local:
         raise ValueError(f"cannot find the stages of {type(model).__name__} from its feature_info {names}")
-    first = next((n.rpartition(".")[2] for n, e in zip(names, info) if e["reduction"] >= 8
-                  and n.rpartition(".")[0] == parent), local[-1])
-    stages = siblings[siblings.index(first):siblings.index(local[-1]) + 1]
+    stages = siblings[siblings.index(local[0]):siblings.index(local[-1]) + 1]   # strides measured below
     candidates = []
     for stage in stages:
         stage_name = f"{parent}.{stage}" if parent else stage

@@ -167,12 +167,12 @@ def write_pictures(model, args: SegmentationTrainingArguments, folder: Path) -> 
     import numpy as np
     from PIL import Image
 
-    from ..data.segmentation import IMAGENET_MEAN, IMAGENET_STD, FashionMNISTComposites
+    from ..data.segmentation import FashionMNISTComposites
 
     episodes = FashionMNISTComposites("test", fold=args.fold, shots=1, episodes=max(args.pictures, 1),
                                       image_size=args.image_size, seed=args.seed + 1, data_dir=args.data_dir)
     model.eval()
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    mean, std = episodes.mean, episodes.std
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(args.pictures):

@@ -1,0 +1,46 @@
+"""timm backbones inside relzoo's transformers models: one config check and one constructor for every family."""
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["build_backbone", "check_backbone_config"]
+
+
+def check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels,
+                          reserved: tuple[str, ...] = ("num_classes", "in_chans", "pretrained")) -> dict:
+    """Validate a config's backbone fields (named ``ValueError``s); returns ``backbone_kwargs`` as a new dict.
+    ``reserved``: ``timm.create_model`` arguments the model sets itself."""
+    if not isinstance(backbone, str) or not backbone:
+        raise ValueError(f"`backbone` must be a timm model name (str), got {backbone!r}")
+    if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
+        raise ValueError(f"`backbone_kwargs` must be a dict of timm.create_model arguments or None, got "
+                         f"{backbone_kwargs!r}")
+    for key in reserved:
+        if key in (backbone_kwargs or {}):
+            raise ValueError(f"`backbone_kwargs` must not set {key!r} (the model sets it; use num_channels / "
+                             "backbone_pretrained)")
+    if not isinstance(backbone_pretrained, bool):
+        raise ValueError(f"`backbone_pretrained` must be a bool, got {backbone_pretrained!r}")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        raise ValueError(f"`num_channels` must be a positive int, got {num_channels!r}")
+    return dict(backbone_kwargs or {})
+
+
+def build_backbone(name: str, kwargs: dict | None = None, in_chans: int = 3, pretrained: bool = False,
+                   headless: bool = True) -> nn.Module:
+    """A timm model; ``headless``: spatial features kept (no pooling, no classifier), else the whole network.
+
+    With ``pretrained=True`` its modules are marked initialised, so that the owning ``PreTrainedModel``'s
+    ``post_init()`` keeps timm's pretrained weights instead of re-initialising them."""
+    import timm
+
+    import relzoo  # noqa: F401  (relzoo's own timm models are valid backbones too)
+
+    if not timm.is_model(name):
+        raise ValueError(f"`backbone` must be a timm model name, got {name!r} (see timm.list_models())")
+    head = {"num_classes": 0, "global_pool": ""} if headless else {}
+    model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **head, **(kwargs or {}))
+    if pretrained:
+        for module in model.modules():
+            module._is_hf_initialized = True
+    return model
