@@ -71,7 +71,26 @@ def _env():
     return env
 
 
-@pytest.mark.parametrize("argument,value,message", [("--fold", "2", "`fold` must be 0 or 1"),
+def test_folder_dataset_run_crosses_epochs_and_resumes_exactly(tmp_path, segmentation_folders):
+    # FSS-1000 layout: 2 training classes x 3 images = 3 steps per epoch at batch 2, so 5 steps cross an epoch
+    root = segmentation_folders["root"]
+    kw = dict(dataset="fss1000", split_dir=str(segmentation_folders["fss_splits"]), max_steps=5, eval_shots="1,2", eval_episodes=6)
+    full = train_segmentation(_args(tmp_path / "full", root, **kw))
+    assert [(r["shot"], r["episodes"], r["classes"]) for r in full["results"]] == [(1, 6, [3, 4]), (2, 6, [3, 4])]
+    train_segmentation(_args(tmp_path / "split", root, stop_after_steps=4, save_model=False, **kw))
+    resumed = train_segmentation(_args(tmp_path / "split", root, resume=True, **kw))
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 5
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a) and full["results"] == resumed["results"]
+    pascal = train_segmentation(_args(tmp_path / "pascal", root, dataset="pascal5i", fold=1, max_steps=2,
+                                      eval_shots="1", eval_episodes=4, save_model=False,
+                                      split_dir=str(segmentation_folders["pascal_splits"])))
+    assert pascal["results"][0]["classes"] == [5, 6, 7, 8, 9] and pascal["results"][0]["episodes"] == 4
+
+
+@pytest.mark.parametrize("argument,value,message", [("--fold", "2", "`fold` must be in 0..1 for fashion_mnist"),
+                                                    ("--dataset", "pascal5i", "`data_dir` must be the folder holding"),
                                                     ("--eval_shots", "1,x", "`eval_shots` must be comma-separated"),
                                                     ("--batch_size", "0", "`batch_size` must be an integer >= 1")])
 def test_script_reports_a_bad_argument_in_one_line(tmp_path, argument, value, message):

@@ -16,7 +16,8 @@ import torch
 
 from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
 
-DATASETS = ("fashion_mnist_composites",)
+DATASETS = ("fashion_mnist_composites", "pascal5i", "coco20i", "fss1000")
+FOLDS = {"fashion_mnist_composites": 2, "pascal5i": 4, "coco20i": 4, "fss1000": 1}
 
 
 @dataclass
@@ -50,7 +51,12 @@ class SegmentationTrainingArguments:
     save_model: bool = field(default=True, metadata={"help": "write the model folder output_dir/model"})
     mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder of the Fashion-MNIST idx files"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "fashion_mnist_composites: folder of the Fashion-MNIST idx files (default: the Debian package's); "
+                "pascal5i / coco20i / fss1000: the folder holding VOC2012 / COCO2014 / FSS-1000 (required)"})
+    split_dir: str | None = field(default=None, metadata={
+        "help": "pascal5i / coco20i / fss1000: the official split folder (data/splits/<dataset>); without it the "
+                "splits are derived from the masks (see relzoo.data.segmentation_folders)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,8 +82,14 @@ class SegmentationTrainingArguments:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
-        if self.fold > 1:
-            raise ValueError(f"`fold` must be 0 or 1 for {self.dataset}, got {self.fold}")
+        if self.fold >= FOLDS[self.dataset]:
+            raise ValueError(f"`fold` must be in 0..{FOLDS[self.dataset] - 1} for {self.dataset}, got {self.fold}")
+        if self.dataset != "fashion_mnist_composites" and (self.data_dir is None or not Path(self.data_dir).is_dir()):
+            raise ValueError(f"`data_dir` must be the folder holding the {self.dataset} data, got {self.data_dir!r}")
+        if self.split_dir is not None and (self.dataset == "fashion_mnist_composites"
+                                           or not Path(self.split_dir).is_dir()):
+            raise ValueError(f"`split_dir` must be a folder and is only for pascal5i / coco20i / fss1000, got "
+                             f"{self.split_dir!r} with dataset {self.dataset!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"`lr` must be a positive number, got {self.lr!r}")
         try:
@@ -128,18 +140,31 @@ def load_backbone_weights(model, path: str) -> dict:
     return {"loaded": len(state), "missing_classifier": missing}
 
 
+def segmentation_episodes(args: SegmentationTrainingArguments, split: str, shots: int, episodes: int | None,
+                          seed: int):
+    """The episode dataset that ``args`` name (``split`` "train" or "test")."""
+    if args.dataset == "fashion_mnist_composites":
+        from ..data.segmentation import FashionMNISTComposites
+
+        return FashionMNISTComposites(split, fold=args.fold, shots=shots, episodes=episodes, image_size=args.image_size,
+                                      seed=seed, data_dir=args.data_dir)
+    from ..data.segmentation_folders import SEGMENTATION_FOLDER_DATASETS
+
+    return SEGMENTATION_FOLDER_DATASETS[args.dataset](args.data_dir, split, fold=args.fold, shots=shots,
+                                                      episodes=episodes, image_size=args.image_size, seed=seed,
+                                                      split_dir=args.split_dir)
+
+
 @torch.no_grad()
 def evaluate_segmentation(model, args: SegmentationTrainingArguments, accelerator) -> list[dict]:
     """mIoU / FB-IoU of the fold's test classes for every shot count, episodes shared out over processes."""
-    from ..data.segmentation import FashionMNISTComposites
     from ..metrics import FewShotSegmentationIoU
 
     net = accelerator.unwrap_model(model)
     net.eval()
     rows = []
     for shots in args.parsed_shots():
-        episodes = FashionMNISTComposites("test", fold=args.fold, shots=shots, episodes=args.eval_episodes,
-                                          image_size=args.image_size, seed=args.seed + 1, data_dir=args.data_dir)
+        episodes = segmentation_episodes(args, "test", shots, args.eval_episodes, args.seed + 1)
         mine = torch.utils.data.Subset(episodes, range(accelerator.process_index, len(episodes),
                                                        accelerator.num_processes))
         loader = torch.utils.data.DataLoader(mine, batch_size=args.eval_batch_size, num_workers=args.num_workers)
@@ -167,10 +192,7 @@ def write_pictures(model, args: SegmentationTrainingArguments, folder: Path) -> 
     import numpy as np
     from PIL import Image
 
-    from ..data.segmentation import FashionMNISTComposites
-
-    episodes = FashionMNISTComposites("test", fold=args.fold, shots=1, episodes=max(args.pictures, 1),
-                                      image_size=args.image_size, seed=args.seed + 1, data_dir=args.data_dir)
+    episodes = segmentation_episodes(args, "test", 1, max(args.pictures, 1), args.seed + 1)
     model.eval()
     mean, std = episodes.mean, episodes.std
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +220,6 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     """Fine-tune HSNet's learner on 1-shot episodes, evaluate, save; returns a summary (also ``results.json``)."""
     from accelerate.utils import set_seed
 
-    from ..data.segmentation import FashionMNISTComposites
     from ..models.hsnet import HSNetConfig, HSNetForFewShotSegmentation
 
     args.validate()
@@ -208,9 +229,9 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone, backbone_kwargs=args.parsed_backbone_kwargs(),
                                                     backbone_pretrained=args.backbone_pretrained))
     weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
-    episodes = FashionMNISTComposites("train", fold=args.fold, shots=1, image_size=args.image_size, seed=args.seed,
-                                      episodes=args.max_steps * args.batch_size * accelerator.num_processes,
-                                      data_dir=args.data_dir)
+    per_run = args.max_steps * args.batch_size * accelerator.num_processes  # built-in: one epoch = the whole run
+    episodes = segmentation_episodes(args, "train", 1, per_run if args.dataset == "fashion_mnist_composites" else None,
+                                     args.seed)
     train_dl = torch.utils.data.DataLoader(episodes, batch_size=args.batch_size, shuffle=False, drop_last=True,
                                            num_workers=args.num_workers)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
