@@ -11,6 +11,7 @@ from relzoo.layers.hsnet import (
     correlation,
     hypercorrelation,
     masked_features,
+    shot_hypercorrelation,
     upsample_query_dims,
 )
 
@@ -73,6 +74,30 @@ def test_hypercorrelation_groups_levels_deepest_first():
     torch.testing.assert_close(levels[1][:, 2], correlation(q[6], s[6]))
     with pytest.raises(ValueError, match="13 in all"):
         hypercorrelation(q[:-1], s[:-1], (4, 6, 3))
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_shot_hypercorrelation_equals_per_shot_masked_hypercorrelation(masked):
+    # the fast path: B queries x K shots, query taps normalised once, columns outside the mask never computed
+    g = torch.Generator().manual_seed(3)
+    b, k, groups = 2, 3, (2, 1, 1)
+    shapes = [(8, 12, 10), (8, 12, 10), (16, 6, 5), (32, 3, 3)]
+    q = [torch.randn(b, c, h, w, generator=g, dtype=torch.float64) for c, h, w in shapes]
+    s = [torch.randn(b * k, c, h + 1, w, generator=g, dtype=torch.float64) for c, h, w in shapes]
+    masks = torch.zeros(b, k, 40, 30, dtype=torch.float64)
+    masks[0, 0, 5:15, 3:9] = 1                                 # a small object
+    masks[0, 1] = 1                                            # everything
+    masks[1, 0, 30:, 20:] = 1                                  # a corner
+    masks[1, 2, ::7, ::5] = 1                                  # scattered pixels; masks[0, 2] and [1, 1] stay empty
+    fast = shot_hypercorrelation(q, s, groups, masks if masked else None)
+    repeated = [f.repeat_interleave(k, dim=0) for f in q]
+    supports = masked_features(s, masks.flatten(0, 1)) if masked else s
+    slow = hypercorrelation(repeated, supports, groups)
+    assert [tuple(f.shape) for f in fast] == [(6, 1, 3, 3, 4, 3), (6, 1, 6, 5, 7, 5), (6, 2, 12, 10, 13, 10)]
+    for a, r in zip(fast, slow):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-12)
+    if masked:
+        assert fast[0][2].abs().sum() == 0 and fast[2][4].abs().sum() == 0   # empty masks: all zero
 
 
 def test_support_mask_is_resized_bilinearly_with_aligned_corners():

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from relzoo import AutoModelForFewShotSegmentation, HSNetConfig, HSNetForFewShotSegmentation
+from relzoo.models.hsnet import official_order_forward
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,22 @@ def test_k_shot_vote_reads_query_features_once(resnet50_hsnet):
     expected = (votes / votes.flatten(1).max(1).values.clamp(min=1)[:, None, None] >= 0.5).long()
     assert torch.equal(out.predicted_mask, expected)
     torch.testing.assert_close(out.logits, out.shot_logits.mean(1))
+
+
+@pytest.mark.parametrize("b,k", [(1, 1), (2, 1), (1, 5), (2, 5)])   # (2, 5): two learner passes (4 + 1 shots)
+def test_fast_path_equals_the_official_order(resnet50_hsnet, b, k):
+    model = resnet50_hsnet.eval()
+    q, s, m, _ = _episode(b=b, k=k, seed=4)
+    m[:, 0] = 0
+    m[:, 0, 10:30, 20:50] = 1                                          # a small object: most columns are skipped
+    if k > 1:
+        m[0, 1] = 0                                                    # an empty mask
+    with torch.no_grad():
+        out = model(q, s, m)
+    predicted, shot_logits = official_order_forward(model, q, s, m)
+    fast = out.shot_logits if k > 1 else out.logits[:, None]
+    torch.testing.assert_close(fast, shot_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.predicted_mask, predicted)
 
 
 def test_support_mask_matters_and_dagger_variant_ignores_it(resnet50_hsnet):

@@ -31,6 +31,15 @@ def test_episodes_are_deterministic_per_seed_epoch_and_index(test_fold0, fashion
     assert not torch.equal(again[4]["query_pixel_values"], a["query_pixel_values"])
 
 
+def test_normalisation_is_configurable(test_fold0, fashion_like):
+    half = FashionMNISTComposites("test", fold=0, shots=2, episodes=12, image_size=64, data_dir=fashion_like,
+                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    a, b = test_fold0[3], half[3]
+    torch.testing.assert_close(a["query_pixel_values"] * test_fold0.std + test_fold0.mean,
+                               b["query_pixel_values"] * 0.5 + 0.5)
+    assert torch.equal(a["labels"], b["labels"])
+
+
 def test_masks_are_the_silhouettes_of_the_class_and_folds_keep_classes_apart(fashion_like):
     train = FashionMNISTComposites("train", fold=0, shots=1, episodes=20, image_size=64, data_dir=fashion_like)
     assert sorted(train.classes) == [0, 2, 4, 6, 8] and set(train.classes).isdisjoint(FOLD_CLASSES[0])
@@ -49,7 +58,9 @@ def test_masks_are_the_silhouettes_of_the_class_and_folds_keep_classes_apart(fas
                                             (dict(shots=0), "`shots` must be an int >= 1"),
                                             (dict(image_size=16), "`image_size` must be an int >= 32"),
                                             (dict(items=(3, 2)), "`items` must be"),
-                                            (dict(item_size=(4, 10)), "`item_size` must be")])
+                                            (dict(item_size=(4, 10)), "`item_size` must be"),
+                                            (dict(std=(0.5, 0, 0.5)), r"`std` must be three numbers > 0"),
+                                            (dict(mean=(0.5,)), "`mean` must be three numbers")])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FashionMNISTComposites(**{"split": "test", **kwargs})

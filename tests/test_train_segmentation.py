@@ -32,6 +32,8 @@ def test_run_evaluates_unseen_classes_and_writes_a_loadable_model(tmp_path, fash
     assert all(0 <= r["miou"] <= 100 and 0 <= r["fb_iou"] <= 100 for r in res["results"])
     assert [Path(p).name for p in res["pictures"]] == ["episode000_class1.png", "episode001_class3.png"]
     model = AutoModelForFewShotSegmentation.from_pretrained(tmp_path / "model")
+    processor = json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["size"] == {"height": 64, "width": 64}
     assert model.config.backbone == "resnet18" and json.loads((tmp_path / "results.json").read_text())["steps"] == 6
 
 
@@ -52,9 +54,14 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, fashion_like
 def test_backbone_weights_from_a_fewshot_classifier(tmp_path, fashion_like):
     source = ProtoNetForFewShotClassification(ProtoNetConfig(backbone="resnet18"))
     source.save_pretrained(tmp_path / "protonet")
+    (tmp_path / "protonet" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3,
+                                                                                 "image_std": [0.5] * 3}))
     res = train_segmentation(_args(tmp_path / "run", fashion_like, max_steps=1, eval_shots="1", save_model=True,
                                    backbone_weights=str(tmp_path / "protonet" / "model.safetensors")))
     assert res["backbone_weights"]["missing_classifier"] == ["fc.weight", "fc.bias"]
+    # the backbone's own normalisation is used for the episodes (normalization=auto) and saved with the model
+    processor = json.loads((tmp_path / "run" / "model" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.5] * 3 and processor["image_std"] == [0.5] * 3
     loaded = load_file(tmp_path / "run" / "model" / "model.safetensors")
     torch.testing.assert_close(loaded["backbone.layer3.0.conv1.weight"], source.backbone.layer3[0].conv1.weight)
     wrong = ProtoNetForFewShotClassification(ProtoNetConfig(backbone="resnet34"))

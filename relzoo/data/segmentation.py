@@ -23,6 +23,13 @@ __all__ = ["FOLD_CLASSES", "FashionMNISTComposites"]
 FOLD_CLASSES = {0: (1, 3, 5, 7, 9), 1: (0, 2, 4, 6, 8)}
 
 
+def _stat(name: str, value) -> torch.Tensor:
+    values = tuple(float(v) for v in value)
+    if len(values) != 3 or (name == "std" and min(values) <= 0):
+        raise ValueError(f"`{name}` must be three numbers{' > 0' if name == 'std' else ''} (R, G, B), got {value!r}")
+    return torch.tensor(values)[:, None, None]
+
+
 class FashionMNISTComposites(torch.utils.data.Dataset):
     """Built-in few-shot segmentation episodes from Fashion-MNIST (see the module doc).
 
@@ -39,11 +46,13 @@ class FashionMNISTComposites(torch.utils.data.Dataset):
         item_size: smallest and largest item side in pixels (the 28-px items are resized).
         seed: episode ``i`` of epoch ``e`` depends only on ``(seed, e, i)``.
         data_dir: where the Fashion-MNIST idx files are (default: the Debian package's folder).
+        mean, std: the normalisation of the returned images (default ImageNet's; use the one the backbone was trained
+            with).
     """
 
     def __init__(self, split: str = "train", fold: int = 0, shots: int = 1, episodes: int = 1000,
                  image_size: int = 128, items: tuple[int, int] = (2, 4), item_size: tuple[int, int] | None = None,
-                 seed: int = 0, data_dir=None):
+                 seed: int = 0, data_dir=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         from .builtin import load_fashion_mnist
 
         if split not in ("train", "test"):
@@ -59,6 +68,7 @@ class FashionMNISTComposites(torch.utils.data.Dataset):
         if not (len(item_size) == 2 and 8 <= item_size[0] <= item_size[1] <= image_size):
             raise ValueError(f"`item_size` must be (smallest, largest) with 8 <= smallest <= largest <= image_size "
                              f"({image_size}), got {item_size!r}")
+        self.mean, self.std = _stat("mean", mean), _stat("std", std)   # the normalisation of every image it returns
         test = FOLD_CLASSES[fold]
         self.classes = list(test) if split == "test" else [c for c in range(10) if c not in test]
         ds = load_fashion_mnist(split, data_dir=data_dir).with_format("numpy")
@@ -66,8 +76,6 @@ class FashionMNISTComposites(torch.utils.data.Dataset):
         self.items = {c: images[labels == c] for c in self.classes}
         self.split, self.fold, self.shots, self.episodes, self.seed = split, fold, shots, episodes, seed
         self.image_size, self.item_count, self.item_size, self.epoch = image_size, tuple(items), item_size, 0
-        self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]   # the normalisation of every image it returns
-        self.std = torch.tensor(IMAGENET_STD)[:, None, None]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -4,8 +4,8 @@ Each dataset reads the folder layout the official HSNet code uses (``root`` is t
 ``COCO2014`` or ``FSS-1000``) and returns the same episode dicts as
 :class:`relzoo.data.segmentation.FashionMNISTComposites`: ``query_pixel_values (3, S, S)``, ``support_pixel_values
 (K, 3, S, S)``, ``support_masks (K, S, S)`` (float, {0, 1}), ``labels (S, S)`` (int64, {0, 1}, 255 = ignore) and
-``class_id``. Images are resized to ``S x S`` (bilinear, antialiased, as PIL's resize) and normalised with the ImageNet
-statistics; masks are resized with nearest neighbour.
+``class_id``. Images are resized to ``S x S`` (bilinear, antialiased, as PIL's resize) and normalised (``mean``/``std``,
+ImageNet's by default); masks are resized with nearest neighbour.
 
 Splits:
 
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from .segmentation import _stat
 from .transforms import _DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
 
 __all__ = ["PASCAL_CLASSES", "FolderEpisodes", "Pascal5i", "Coco20i", "FSS1000", "SEGMENTATION_FOLDER_DATASETS",
@@ -92,7 +93,7 @@ class FolderEpisodes(torch.utils.data.Dataset):
     folds = (0,)
 
     def __init__(self, root, split: str = "test", fold: int = 0, shots: int = 1, episodes: int | None = None,
-                 image_size: int = 400, seed: int = 0, split_dir=None):
+                 image_size: int = 400, seed: int = 0, split_dir=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         if split not in ("train", "val", "test"):
             raise ValueError(f"`split` must be 'train', 'val' or 'test', got {split!r}")
         if fold not in self.folds:
@@ -109,8 +110,7 @@ class FolderEpisodes(torch.utils.data.Dataset):
         self.split, self.fold, self.shots, self.image_size, self.seed, self.epoch = split, fold, shots, image_size, \
             seed, 0
         self.split_dir = Path(split_dir) if split_dir is not None else None
-        self.mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-        self.std = torch.tensor(IMAGENET_STD)[:, None, None]
+        self.mean, self.std = _stat("mean", mean), _stat("std", std)
         self.queries: list[tuple[str, int]] = []
         self.by_class: dict[int, list[str]] = {}
         self.classes: list[int] = []

@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import nn
 
 __all__ = ["CenterPivotConv4d", "HypercorrelationLearner", "center_pivot_conv4d_reference", "correlation",
-           "hypercorrelation", "masked_features", "upsample_query_dims"]
+           "hypercorrelation", "masked_features", "shot_hypercorrelation", "upsample_query_dims"]
 
 COSINE_EPS = 1e-5
 
@@ -56,6 +56,70 @@ def hypercorrelation(query_features: list[torch.Tensor], support_features: list[
         taps = [correlation(q, s, eps) for q, s in zip(query_features[start:start + size],
                                                           support_features[start:start + size])]
         levels.append(torch.stack(taps, dim=1))
+        start += size
+    return levels[::-1]
+
+
+def shot_hypercorrelation(query_features: list[torch.Tensor], support_features: list[torch.Tensor],
+                          groups: list[int] | tuple[int, ...], support_masks: torch.Tensor | None = None,
+                          eps: float = COSINE_EPS) -> list[torch.Tensor]:
+    """Hypercorrelation of ``B`` queries with their ``K`` shots each, the fast path of the K-shot model.
+
+    ``query_features``: taps ``(B, C, h, w)``; ``support_features``: taps ``(B * K, C, h', w')`` (shot-minor);
+    ``support_masks``: ``(B, K, H, W)`` in {0, 1} or ``None`` (unmasked). Returns the levels deepest first, each
+    ``(B * K, taps, h, w, h', w')``, equal to :func:`hypercorrelation` of the queries repeated ``K`` times with the
+    masked supports (:func:`masked_features`).
+
+    Each query tap is normalised once for all shots, and each query is correlated with all its shots in one product.
+    A support position where the resized mask is exactly 0 has a zero feature, hence a correlation of exactly 0 with
+    every query position: those columns are left at 0 instead of being computed, so the work scales with the mask's
+    area (the deepest levels of a small object cost a fraction of the dense product).
+    """
+    if len(query_features) != len(support_features) or sum(groups) != len(query_features):
+        raise ValueError(f"hypercorrelation needs as many query as support taps, {sum(groups)} in all (groups "
+                         f"{tuple(groups)}), got {len(query_features)} and {len(support_features)}")
+    batch = query_features[0].shape[0]
+    shots = support_features[0].shape[0] // batch
+    if support_features[0].shape[0] != batch * shots:
+        raise ValueError(f"support taps must hold B * K = {batch} * K maps, got {support_features[0].shape[0]}")
+    if support_masks is not None and tuple(support_masks.shape[:2]) != (batch, shots):
+        raise ValueError(f"`support_masks` must be (B, K, H, W) = ({batch}, {shots}, H, W), got "
+                         f"{tuple(support_masks.shape)}")
+    resized: dict[tuple[int, int], tuple[torch.Tensor, list[torch.Tensor] | None]] = {}
+
+    def mask_at(size):  # the resized masks (B*K, 1, h', w') and, per query, the flat support columns they keep
+        if size not in resized:
+            if support_masks is None:
+                resized[size] = (None, None)
+            else:
+                m = F.interpolate(support_masks.flatten(0, 1)[:, None].to(support_features[0].dtype), size,
+                                  mode="bilinear", align_corners=True)
+                keep = [torch.nonzero(m.view(batch, -1)[b] != 0).squeeze(1) for b in range(batch)]
+                resized[size] = (m, keep)
+        return resized[size]
+
+    levels, start = [], 0
+    for size in groups:
+        taps = []
+        for q, s in zip(query_features[start:start + size], support_features[start:start + size]):
+            _, ch, ha, wa = q.shape
+            hb, wb = s.shape[-2:]
+            mask, keep = mask_at((hb, wb))
+            if mask is not None:
+                s = s * mask
+            qn = (q / (q.norm(dim=1, keepdim=True) + eps)).flatten(2).transpose(1, 2)          # (B, HWq, C)
+            sn = (s / (s.norm(dim=1, keepdim=True) + eps)).view(batch, shots, ch, hb * wb)
+            sn = sn.transpose(1, 2).reshape(batch, ch, shots * hb * wb)                         # (B, C, K*HWs)
+            if keep is None or all(len(k) == shots * hb * wb for k in keep):
+                corr = torch.bmm(qn, sn)
+            else:
+                corr = qn.new_zeros(batch, ha * wa, shots * hb * wb)
+                for b in range(batch):
+                    if len(keep[b]):
+                        corr[b].index_copy_(1, keep[b], qn[b] @ sn[b].index_select(1, keep[b]))
+            corr = corr.clamp_(min=0).view(batch, ha, wa, shots, hb, wb)
+            taps.append(corr.permute(0, 3, 1, 2, 4, 5))                                         # (B, K, ...)
+        levels.append(torch.stack(taps, dim=2).flatten(0, 1))
         start += size
     return levels[::-1]
 

@@ -7,7 +7,9 @@ support_masks (B, K, H', W'), labels (B, H, W) optional)`` -> :class:`FewShotSeg
 The backbone is frozen and stays in eval mode (its BatchNorm statistics never change); its taps
 (:mod:`relzoo.models.hsnet_taps`) are read once for the queries and once for all ``B * K`` support images, whatever
 ``K``. Each shot's support features are masked by its mask (bilinear, ``align_corners=True``), correlated with the
-query's (:func:`relzoo.layers.hsnet.hypercorrelation`) and squeezed by the learner; logits are resized bilinearly
+query's (:func:`relzoo.layers.hsnet.shot_hypercorrelation`: query taps normalised once, support positions outside the
+mask never computed since their correlation is exactly 0) and squeezed by the learner, several shots per pass;
+:func:`official_order_forward` is the reference in the official order. Logits are resized bilinearly
 (``align_corners=True``) to the query's size. With ``K > 1`` the prediction is the official vote: each shot's argmax
 mask is summed, divided by the image's largest vote, and thresholded at 0.5; ``logits`` are then the mean of the
 shots' logits (what the loss uses when training with several shots; the official model trains with one).
@@ -25,16 +27,17 @@ from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAuto
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features
+from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features, shot_hypercorrelation
 from .backbones import build_backbone, check_backbone_config
 from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, resolve_taps
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
 
 __all__ = ["AutoModelForFewShotSegmentation", "FewShotSegmentationOutput", "HSNetConfig",
-           "HSNetForFewShotSegmentation", "HSNetPreTrainedModel"]
+           "HSNetForFewShotSegmentation", "HSNetPreTrainedModel", "official_order_forward", "vote"]
 
 IGNORE_INDEX = 255
+SHOTS_PER_PASS = 8   # the learner runs on up to this many (query, shot) pairs at once (at least one shot per pass)
 
 
 class HSNetConfig(PreTrainedConfig):
@@ -192,27 +195,58 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
         query_features = self.extract_features(query_pixel_values)                      # once, whatever K
         support_features = self.extract_features(support_pixel_values.flatten(0, 1))
         groups = [len(level) for level in self.config.feature_taps]
+        masks = support_masks if self.config.use_support_mask else None
+        chunk = max(1, min(shots, SHOTS_PER_PASS // batch))   # shots whose 4D correlations are held at once
         shot_logits, encodings = [], []
-        for k in range(shots):
-            features = [f.unflatten(0, (batch, shots))[:, k] for f in support_features]
-            if self.config.use_support_mask:
-                features = masked_features(features, support_masks[:, k])
-            encodings.append(self.learner.encode(hypercorrelation(query_features, features, groups)))
-            logits = self.learner.decode(encodings[-1])
-            shot_logits.append(F.interpolate(logits, size, mode="bilinear", align_corners=True))
+        for first in range(0, shots, chunk):
+            part = slice(first, min(first + chunk, shots))
+            features = [f.unflatten(0, (batch, shots))[:, part].flatten(0, 1) for f in support_features]
+            encoded = self.learner.encode(shot_hypercorrelation(
+                query_features, features, groups, None if masks is None else masks[:, part]))
+            logits = F.interpolate(self.learner.decode(encoded), size, mode="bilinear", align_corners=True)
+            shot_logits.append(logits.unflatten(0, (batch, -1)))
+            encodings.append(encoded.unflatten(0, (batch, -1)))
+        stacked = torch.cat(shot_logits, dim=1)                                          # (B, K, 2, H, W)
         if shots == 1:
-            logits, predicted, stacked = shot_logits[0], shot_logits[0].argmax(1), None
+            logits, predicted, stacked = stacked[:, 0], stacked[:, 0].argmax(1), None
         else:
-            stacked = torch.stack(shot_logits, dim=1)
-            logits = stacked.mean(1)
-            votes = stacked.argmax(2).sum(1).float()                                    # (B, H, W)
-            top = votes.flatten(1).max(1).values.clamp(min=1)
-            predicted = (votes / top[:, None, None] >= 0.5).long()
+            logits, predicted = stacked.mean(1), vote(stacked)
+        encodings = torch.cat(encodings, dim=1).unbind(1)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
         return FewShotSegmentationOutput(loss=loss, logits=logits, predicted_mask=predicted, shot_logits=stacked,
                                          hidden_states=tuple(encodings) if output_hidden_states else None)
+
+
+def vote(shot_logits: torch.Tensor) -> torch.Tensor:
+    """The official K-shot prediction from ``(B, K, 2, H, W)`` logits: every shot's argmax mask summed, divided by
+    the image's largest vote (at least 1), thresholded at 0.5."""
+    votes = shot_logits.argmax(2).sum(1).float()                                         # (B, H, W)
+    top = votes.flatten(1).max(1).values.clamp(min=1)
+    return (votes / top[:, None, None] >= 0.5).long()
+
+
+@torch.no_grad()
+def official_order_forward(model: HSNetForFewShotSegmentation, query_pixel_values: torch.Tensor,
+                           support_pixel_values: torch.Tensor, support_masks: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """The reference for :class:`HSNetForFewShotSegmentation` (tests and ``scripts/benchmark.py hsnet``): the
+    official computation order, one full 1-shot forward per shot with the query's features recomputed each time,
+    the masking and the correlation one tap at a time, then the vote. Returns ``(predicted_mask (B, H, W),
+    shot_logits (B, K, 2, H, W))``."""
+    size = tuple(query_pixel_values.shape[-2:])
+    groups = [len(level) for level in model.config.feature_taps]
+    shot_logits = []
+    for k in range(support_pixel_values.shape[1]):
+        query_features = model.extract_features(query_pixel_values)
+        support_features = model.extract_features(support_pixel_values[:, k])
+        if model.config.use_support_mask:
+            support_features = [masked_features([f], support_masks[:, k])[0] for f in support_features]
+        logits = model.learner(hypercorrelation(query_features, support_features, groups))
+        shot_logits.append(F.interpolate(logits, size, mode="bilinear", align_corners=True))
+    stacked = torch.stack(shot_logits, dim=1)
+    return (stacked[:, 0].argmax(1) if stacked.shape[1] == 1 else vote(stacked)), stacked
 
 
 class AutoModelForFewShotSegmentation(_BaseAutoModelClass):

@@ -29,6 +29,9 @@ class SegmentationTrainingArguments:
     backbone_weights: str | None = field(default=None, metadata={
         "help": "a state dict (.safetensors, or .pt read with weights_only) for the frozen backbone; keys may carry "
                 "a 'backbone.' prefix (e.g. a relzoo few-shot classifier's model.safetensors)"})
+    normalization: str = field(default="auto", metadata={
+        "help": "image mean/std: imagenet, half (0.5, as relzoo's few-shot classifiers) or auto (the "
+                "preprocessor_config.json beside --backbone_weights when there is one, else imagenet)"})
     dataset: str = field(default="fashion_mnist_composites", metadata={"help": f"one of {DATASETS}"})
     fold: int = field(default=0, metadata={"help": "fold: its classes are the test classes, never seen in training"})
     image_size: int = field(default=128, metadata={"help": "canvas side (official: 400)"})
@@ -71,6 +74,8 @@ class SegmentationTrainingArguments:
         """Every argument checked before anything is loaded; one ``ValueError`` naming the argument and value."""
         if self.dataset not in DATASETS:
             raise ValueError(f"`dataset` must be one of {DATASETS}, got {self.dataset!r}")
+        if self.normalization not in ("auto", "imagenet", "half"):
+            raise ValueError(f"`normalization` must be auto, imagenet or half, got {self.normalization!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
         at_least = {"image_size": 32, "batch_size": 1, "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1,
@@ -108,6 +113,31 @@ class SegmentationTrainingArguments:
             raise ValueError(f"`backbone_weights` {self.backbone_weights!r} does not exist or is not a file")
 
 
+def image_statistics(args: SegmentationTrainingArguments) -> tuple[list[float], list[float]]:
+    """The (mean, std) the episodes are normalised with (see ``--normalization``)."""
+    from ..data.episodes import HALF
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if args.normalization == "half":
+        return list(HALF), list(HALF)
+    if args.normalization == "auto" and args.backbone_weights is not None:
+        config = Path(args.backbone_weights).parent / "preprocessor_config.json"
+        if config.is_file():
+            stats = json.loads(config.read_text())
+            if "image_mean" in stats and "image_std" in stats:
+                return [float(v) for v in stats["image_mean"]], [float(v) for v in stats["image_std"]]
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+def hsnet_image_processor(image_size: int, mean, std):
+    """What the episodes of a run did to an image (resize to a square, rescale to [0, 1], normalise), as a
+    transformers image processor saved beside the model."""
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean),
+                             image_std=list(std))
+
+
 def load_backbone_weights(model, path: str) -> dict:
     """Load a state dict into ``model.backbone`` (``backbone.`` prefixes stripped). Only the classifier may be
     missing (HSNet never runs it); any other missing, unexpected or mis-shaped key raises a ``ValueError`` naming
@@ -143,16 +173,17 @@ def load_backbone_weights(model, path: str) -> dict:
 def segmentation_episodes(args: SegmentationTrainingArguments, split: str, shots: int, episodes: int | None,
                           seed: int):
     """The episode dataset that ``args`` name (``split`` "train" or "test")."""
+    mean, std = image_statistics(args)
     if args.dataset == "fashion_mnist_composites":
         from ..data.segmentation import FashionMNISTComposites
 
         return FashionMNISTComposites(split, fold=args.fold, shots=shots, episodes=episodes, image_size=args.image_size,
-                                      seed=seed, data_dir=args.data_dir)
+                                      seed=seed, data_dir=args.data_dir, mean=mean, std=std)
     from ..data.segmentation_folders import SEGMENTATION_FOLDER_DATASETS
 
     return SEGMENTATION_FOLDER_DATASETS[args.dataset](args.data_dir, split, fold=args.fold, shots=shots,
                                                       episodes=episodes, image_size=args.image_size, seed=seed,
-                                                      split_dir=args.split_dir)
+                                                      split_dir=args.split_dir, mean=mean, std=std)
 
 
 @torch.no_grad()
@@ -239,7 +270,7 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     run = {"model": "hsnet", "backbone": args.backbone, "backbone_weights": args.backbone_weights,
            "dataset": args.dataset, "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
-           "seed": args.seed, "num_processes": accelerator.num_processes}
+           "seed": args.seed, "num_processes": accelerator.num_processes, "image_mean_std": image_statistics(args)}
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, args.max_steps,
                             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                             keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
@@ -271,6 +302,7 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
 
             with atomic_folder(out_dir / "model") as tmp:
                 net.save_pretrained(tmp)
+                hsnet_image_processor(args.image_size, *image_statistics(args)).save_pretrained(tmp)
             summary["model_dir"] = str(out_dir / "model")
         summary["arguments"] = dataclasses.asdict(args)
         write_json_atomic(out_dir / "results.json", summary)
