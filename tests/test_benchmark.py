@@ -44,3 +44,15 @@ def test_benchmark_ctx_quick_runs():
                                                                     (6, "train")]
     assert all(r["speedup"] > 0 and r["fast_peak_mib"] > 0 for r in result["head"])
     assert [r["mode"] for r in result["episode"]] == ["eval", "train"]
+
+
+def test_benchmark_hsnet_quick_runs():
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    result = main(["hsnet", "--quick"])
+    (conv,) = result["conv"]
+    assert conv["cp_params"] == 2 * (4 * 2 * 9 + 4) and conv["dense_params"] == 4 * 2 * 81 + 4
+    assert conv["max_abs_diff"] < 1e-4 and conv["speedup"] > 0 and conv["cp_peak_mib"] > 0
+    assert [r["shots"] for r in result["model"]] == [1, 5]
+    assert all(r["same_prediction"] and r["max_abs_logit_diff"] < 1e-4 for r in result["model"])

@@ -33,6 +33,32 @@ def test_center_pivot_conv4d_equals_the_dense_4d_convolution(kernel, stride, sha
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
+def test_center_pivot_conv4d_skips_all_zero_support_positions_exactly():
+    # the first layer's input is zero outside the support mask: conv1 gives its bias there without running
+    torch.manual_seed(2)
+    layer = CenterPivotConv4d(3, 5, 3, stride=2).double()
+    x = torch.randn(2, 3, 6, 5, 9, 8, dtype=torch.float64)
+    x[..., :4, :] = 0                                          # support rows 0..3 of every query position
+    x[1, ..., 6:, 4:] = 0
+    calls = []
+    hook = layer.conv1.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    fast = layer(x)                                            # no input gradient wanted: positions skipped
+    hook.remove()
+    assert calls == [2 * 5 * 4 - 2 * 2 * 4 - 4]                # of 2 x 5 x 4 pruned positions, 20 are all zero
+    ref = center_pivot_conv4d_reference(x, layer)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    params = list(layer.parameters())
+    grads = torch.autograd.grad(fast.square().sum(), params)
+    refs = torch.autograd.grad(ref.square().sum(), params)
+    for a, r in zip(grads, refs):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-9)
+    x.requires_grad_(True)                                     # an input gradient is wanted: nothing skipped
+    grads = torch.autograd.grad(layer(x).square().sum(), [x, *params])
+    refs = torch.autograd.grad(center_pivot_conv4d_reference(x, layer).square().sum(), [x, *params])
+    for a, r in zip(grads, refs):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-9)
+
+
 def test_center_pivot_conv4d_follows_each_inputs_support_size():
     """The official layer caches its pruning indices from the first input; ours follows every input's size."""
     layer = CenterPivotConv4d(2, 2, 3, 2).double()

@@ -57,7 +57,7 @@ def test_k_shot_vote_reads_query_features_once(resnet50_hsnet):
     torch.testing.assert_close(out.logits, out.shot_logits.mean(1))
 
 
-@pytest.mark.parametrize("b,k", [(1, 1), (2, 1), (1, 5), (2, 5)])   # (2, 5): two learner passes (4 + 1 shots)
+@pytest.mark.parametrize("b,k", [(1, 1), (2, 1), (1, 5), (2, 5)])
 def test_fast_path_equals_the_official_order(resnet50_hsnet, b, k):
     model = resnet50_hsnet.eval()
     q, s, m, _ = _episode(b=b, k=k, seed=4)

@@ -100,26 +100,29 @@ def shot_hypercorrelation(query_features: list[torch.Tensor], support_features: 
 
     levels, start = [], 0
     for size in groups:
-        taps = []
-        for q, s in zip(query_features[start:start + size], support_features[start:start + size]):
-            _, ch, ha, wa = q.shape
-            hb, wb = s.shape[-2:]
-            mask, keep = mask_at((hb, wb))
+        ha, wa = query_features[start].shape[-2:]
+        hb, wb = support_features[start].shape[-2:]
+        mask, keep = mask_at((hb, wb))
+        dense = keep is None or all(len(k) == shots * hb * wb for k in keep)
+        # taps innermost: the first centre-pivot layer reads (B*K*Ha*Wa, taps, Hb, Wb) slices without a copy
+        out = query_features[start].new_zeros(batch, ha * wa, size, shots * hb * wb) if not dense else None
+        products = []
+        for t, (q, s) in enumerate(zip(query_features[start:start + size], support_features[start:start + size])):
+            ch = q.shape[1]
             if mask is not None:
                 s = s * mask
             qn = (q / (q.norm(dim=1, keepdim=True) + eps)).flatten(2).transpose(1, 2)          # (B, HWq, C)
             sn = (s / (s.norm(dim=1, keepdim=True) + eps)).view(batch, shots, ch, hb * wb)
             sn = sn.transpose(1, 2).reshape(batch, ch, shots * hb * wb)                         # (B, C, K*HWs)
-            if keep is None or all(len(k) == shots * hb * wb for k in keep):
-                corr = torch.bmm(qn, sn)
-            else:
-                corr = qn.new_zeros(batch, ha * wa, shots * hb * wb)
-                for b in range(batch):
-                    if len(keep[b]):
-                        corr[b].index_copy_(1, keep[b], qn[b] @ sn[b].index_select(1, keep[b]))
-            corr = corr.clamp_(min=0).view(batch, ha, wa, shots, hb, wb)
-            taps.append(corr.permute(0, 3, 1, 2, 4, 5))                                         # (B, K, ...)
-        levels.append(torch.stack(taps, dim=2).flatten(0, 1))
+            if dense:
+                products.append(torch.bmm(qn, sn).clamp_(min=0))
+                continue
+            for b in range(batch):
+                if len(keep[b]):
+                    out[b, :, t].index_copy_(1, keep[b], (qn[b] @ sn[b].index_select(1, keep[b])).clamp_(min=0))
+        out = torch.stack(products, dim=2) if dense else out                                    # (B, HWq, taps, K*HWs)
+        out = out.view(batch, ha, wa, size, shots, hb, wb).permute(0, 4, 3, 1, 2, 5, 6)
+        levels.append(out.reshape(batch * shots, size, ha, wa, hb, wb) if shots > 1 else out.squeeze(1))
         start += size
     return levels[::-1]
 
@@ -135,7 +138,9 @@ class CenterPivotConv4d(nn.Module):
     ``stride``-th support position (indices 0, s, 2s, ...); ``conv2`` (``kernel_size``, ``stride``, same padding) runs
     over the support dims at every query position; the output is their sum, ``(B, out, Ha, Wa, ceil(Hb/s),
     ceil(Wb/s))``. Both have a bias. The support positions are chosen for each input's own size (the official layer
-    caches them from the first input).
+    caches them from the first input). ``conv1`` is not run at support positions whose input is all zero (outside the
+    support mask, in the first layer) when no gradient w.r.t. the input is needed: its output there is its bias,
+    exactly.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, bias: bool = True):
@@ -152,9 +157,20 @@ class CenterPivotConv4d(nn.Module):
             raise ValueError(f"CenterPivotConv4d expects (B, C, Ha, Wa, Hb, Wb), got shape {tuple(x.shape)}")
         b, _, ha, wa, hb, wb = x.shape
         sh, sw = self.stride
-        pruned = x[..., ::sh, ::sw]
-        hs, ws = pruned.shape[-2:]
-        out1 = self.conv1(rearrange(pruned, "b c i j k l -> (b k l) c i j"))
+        pruned = rearrange(x[..., ::sh, ::sw], "b c i j k l -> (b k l) c i j")
+        hs, ws = (hb - 1) // sh + 1, (wb - 1) // sw + 1
+        # a support position whose input is all zero (outside the support mask, in the first layer) gives the bias
+        # (only when no gradient w.r.t. the input is wanted: the correlations fed to the learner never need one)
+        active = None if (x.requires_grad and torch.is_grad_enabled()) else pruned.flatten(1).ne(0).any(dim=1)
+        if active is None or bool(active.all()):
+            out1 = self.conv1(pruned)
+        else:
+            out1 = pruned.new_zeros(pruned.shape[0], self.conv1.out_channels, ha, wa)
+            if self.conv1.bias is not None:
+                out1 += self.conv1.bias[:, None, None]
+            where = active.nonzero().squeeze(1)
+            if len(where):
+                out1.index_copy_(0, where, self.conv1(pruned.index_select(0, where)))
         out1 = rearrange(out1, "(b k l) o i j -> b o i j k l", b=b, k=hs, l=ws)
         out2 = self.conv2(rearrange(x, "b c i j k l -> (b i j) c k l"))
         out2 = rearrange(out2, "(b i j) o k l -> b o i j k l", b=b, i=ha, j=wa)

@@ -8,7 +8,7 @@ The backbone is frozen and stays in eval mode (its BatchNorm statistics never ch
 (:mod:`relzoo.models.hsnet_taps`) are read once for the queries and once for all ``B * K`` support images, whatever
 ``K``. Each shot's support features are masked by its mask (bilinear, ``align_corners=True``), correlated with the
 query's (:func:`relzoo.layers.hsnet.shot_hypercorrelation`: query taps normalised once, support positions outside the
-mask never computed since their correlation is exactly 0) and squeezed by the learner, several shots per pass;
+mask never computed since their correlation is exactly 0) and squeezed by the learner, one shot per pass;
 :func:`official_order_forward` is the reference in the official order. Logits are resized bilinearly
 (``align_corners=True``) to the query's size. With ``K > 1`` the prediction is the official vote: each shot's argmax
 mask is summed, divided by the image's largest vote, and thresholded at 0.5; ``logits`` are then the mean of the
@@ -37,7 +37,9 @@ __all__ = ["AutoModelForFewShotSegmentation", "FewShotSegmentationOutput", "HSNe
            "HSNetForFewShotSegmentation", "HSNetPreTrainedModel", "official_order_forward", "vote"]
 
 IGNORE_INDEX = 255
-SHOTS_PER_PASS = 8   # the learner runs on up to this many (query, shot) pairs at once (at least one shot per pass)
+# shots the learner runs on at once (times the batch). One: on a CPU, 5 shots in one pass took twice as long as 5
+# passes (HSNet-ResNet50, 400 px), and the 4D tensors of one shot are what the official loop holds
+SHOTS_PER_PASS = 1
 
 
 class HSNetConfig(PreTrainedConfig):
@@ -196,7 +198,7 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
         support_features = self.extract_features(support_pixel_values.flatten(0, 1))
         groups = [len(level) for level in self.config.feature_taps]
         masks = support_masks if self.config.use_support_mask else None
-        chunk = max(1, min(shots, SHOTS_PER_PASS // batch))   # shots whose 4D correlations are held at once
+        chunk = max(1, min(shots, SHOTS_PER_PASS))   # shots whose 4D correlations are held at once
         shot_logits, encodings = [], []
         for first in range(0, shots, chunk):
             part = slice(first, min(first + chunk, shots))
