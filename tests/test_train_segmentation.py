@@ -10,7 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from relzoo import AutoModelForFewShotSegmentation, ProtoNetConfig, ProtoNetForFewShotClassification
+from relzoo import (
+    AutoModelForFewShotSegmentation,
+    HSNetConfig,
+    HSNetForFewShotSegmentation,
+    ProtoNetConfig,
+    ProtoNetForFewShotClassification,
+)
 from relzoo.train.checkpoints import RunMismatchError
 from relzoo.train.segmentation import SegmentationTrainingArguments, train_segmentation
 
@@ -49,6 +55,31 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, fashion_like
     assert full["results"] == resumed["results"]
     with pytest.raises(RunMismatchError, match="fold: 0 there, 1 here"):
         train_segmentation(_args(tmp_path / "split", fashion_like, resume=True, fold=1))
+
+
+def test_backbone_pretraining_stage_trains_then_freezes_and_resumes_exactly(tmp_path, fashion_like):
+    kw = dict(pretrain_backbone_steps=4, pretrain_batch_size=2, max_steps=2, eval_shots="1", eval_episodes=4)
+    torch.manual_seed(0)                                               # the run's seed: the same initial backbone
+    before = HSNetForFewShotSegmentation(HSNetConfig(backbone="resnet18")).backbone.state_dict()
+    full = train_segmentation(_args(tmp_path / "full", fashion_like, **kw))
+    assert full["backbone_pretraining"]["steps"] == 4 and full["steps"] == 2
+    trained = load_file(tmp_path / "full" / "backbone" / "backbone.safetensors")
+    saved = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    assert torch.equal(trained["fc.weight"], before["fc.weight"])                    # same start, classifier unused
+    assert not torch.equal(trained["layer3.0.conv1.weight"], before["layer3.0.conv1.weight"])   # it trained
+    assert not torch.equal(trained["bn1.running_mean"], before["bn1.running_mean"])
+    # then frozen: the HSNet steps leave it as stage 0 wrote it
+    assert all(torch.equal(saved[f"backbone.{k}"], v) for k, v in trained.items())
+    # interrupted inside stage 0, resumed: bit-identical to the uninterrupted run
+    part = train_segmentation(_args(tmp_path / "split", fashion_like, stop_after_steps=3, save_model=False, **kw))
+    assert part["interrupted"] and part["backbone_pretraining"]["steps"] == 3
+    resumed = train_segmentation(_args(tmp_path / "split", fashion_like, resume=True, **kw))
+    assert resumed["backbone_pretraining"]["resumed_from_step"] == 2
+    again = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert all(torch.equal(saved[k], again[k]) for k in saved) and full["results"] == resumed["results"]
+    # a resumed run whose stage 0 is complete loads it and skips it
+    third = train_segmentation(_args(tmp_path / "split", fashion_like, resume=True, **kw))
+    assert third["backbone_pretraining"]["loaded"].endswith("backbone.safetensors")
 
 
 def test_backbone_weights_from_a_fewshot_classifier(tmp_path, fashion_like):
@@ -98,6 +129,7 @@ def test_folder_dataset_run_crosses_epochs_and_resumes_exactly(tmp_path, segment
 
 @pytest.mark.parametrize("argument,value,message", [("--fold", "2", "`fold` must be in 0..1 for fashion_mnist"),
                                                     ("--dataset", "pascal5i", "`data_dir` must be the folder holding"),
+                                                    ("--pretrain_lr", "0", "`pretrain_lr` must be a positive number"),
                                                     ("--eval_shots", "1,x", "`eval_shots` must be comma-separated"),
                                                     ("--batch_size", "0", "`batch_size` must be an integer >= 1")])
 def test_script_reports_a_bad_argument_in_one_line(tmp_path, argument, value, message):

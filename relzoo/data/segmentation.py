@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["FOLD_CLASSES", "FashionMNISTComposites"]
+__all__ = ["FOLD_CLASSES", "CompositeSegmentation", "FashionMNISTComposites"]
 
 # fold -> test classes (the other five are the training classes): odd / even, as the few-shot classification split
 FOLD_CLASSES = {0: (1, 3, 5, 7, 9), 1: (0, 2, 4, 6, 8)}
@@ -123,3 +123,38 @@ class FashionMNISTComposites(torch.utils.data.Dataset):
                 "support_pixel_values": torch.stack([(img - self.mean) / self.std for img, _ in supports]),
                 "support_masks": torch.stack([(own == target).float() for _, own in supports]),
                 "labels": (owner == target).long(), "class_id": target}
+
+
+class CompositeSegmentation(torch.utils.data.Dataset):
+    """Semantic segmentation of a fold's *training* classes on the training canvases of
+    :class:`FashionMNISTComposites` (same canvases, same items): ``{"pixel_values": (3, S, S), "labels": (S, S)}`` with
+    label 0 = background and ``i`` = the ``i``-th training class (``classes[i - 1]``). It pretrains a backbone for the
+    built-in benchmark where ImageNet weights cannot be downloaded; the test classes never appear in it. Sample ``i``
+    of epoch ``e`` depends only on ``(seed, e, i)``.
+
+    Args: as :class:`FashionMNISTComposites` (``split`` is always "train"; ``samples`` canvases per epoch).
+    """
+
+    def __init__(self, fold: int = 0, samples: int = 1000, image_size: int = 128, seed: int = 0, data_dir=None,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, **canvas_kwargs):
+        self.canvases = FashionMNISTComposites("train", fold=fold, shots=1, episodes=samples, image_size=image_size,
+                                               seed=seed, data_dir=data_dir, mean=mean, std=std, **canvas_kwargs)
+        self.classes = self.canvases.classes
+        self.num_labels = len(self.classes) + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.canvases.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.canvases)
+
+    def __getitem__(self, index: int) -> dict:
+        c = self.canvases
+        if not 0 <= int(index) < len(c):
+            raise IndexError(f"sample {index} out of range 0..{len(c) - 1}")
+        rng = np.random.default_rng(np.random.SeedSequence([c.seed, c.epoch, int(index), 1]))
+        image, owner = c.canvas(rng, int(rng.choice(self.classes)))
+        labels = torch.zeros_like(owner)
+        for i, cls in enumerate(self.classes, start=1):
+            labels[owner == cls] = i
+        return {"pixel_values": (image - c.mean) / c.std, "labels": labels}

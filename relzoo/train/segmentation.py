@@ -32,6 +32,13 @@ class SegmentationTrainingArguments:
     normalization: str = field(default="auto", metadata={
         "help": "image mean/std: imagenet, half (0.5, as relzoo's few-shot classifiers) or auto (the "
                 "preprocessor_config.json beside --backbone_weights when there is one, else imagenet)"})
+    pretrain_backbone_steps: int = field(default=0, metadata={
+        "help": "fashion_mnist_composites only: first train the backbone for N steps on semantic segmentation of the "
+                "fold's training classes on training canvases (the test classes never appear), then freeze it as "
+                "HSNet does with ImageNet weights (which cannot be downloaded offline); 0: off"})
+    pretrain_batch_size: int = field(default=8, metadata={"help": "canvases per pretraining step and process"})
+    pretrain_lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate of the pretraining "
+                                                                "(one-cycle schedule, weight decay 1e-4)"})
     dataset: str = field(default="fashion_mnist_composites", metadata={"help": f"one of {DATASETS}"})
     fold: int = field(default=0, metadata={"help": "fold: its classes are the test classes, never seen in training"})
     image_size: int = field(default=128, metadata={"help": "canvas side (official: 400)"})
@@ -78,7 +85,7 @@ class SegmentationTrainingArguments:
             raise ValueError(f"`normalization` must be auto, imagenet or half, got {self.normalization!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        at_least = {"image_size": 32, "batch_size": 1, "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1,
+        at_least = {"pretrain_backbone_steps": 0, "pretrain_batch_size": 1, "image_size": 32, "batch_size": 1, "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1,
                     "pictures": 0, "checkpoint_every": 0, "keep_checkpoints": 1, "log_every": 1, "num_workers": 0,
                     "stop_after_steps": 1, "fold": 0}
         for name, low in at_least.items():
@@ -95,8 +102,13 @@ class SegmentationTrainingArguments:
                                            or not Path(self.split_dir).is_dir()):
             raise ValueError(f"`split_dir` must be a folder and is only for pascal5i / coco20i / fss1000, got "
                              f"{self.split_dir!r} with dataset {self.dataset!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"`lr` must be a positive number, got {self.lr!r}")
+        for name in ("lr", "pretrain_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+        if self.pretrain_backbone_steps and self.dataset != "fashion_mnist_composites":
+            raise ValueError(f"`pretrain_backbone_steps` is for the built-in fashion_mnist_composites (its training "
+                             f"classes are known), got dataset {self.dataset!r}")
         try:
             shots = self.parsed_shots()
         except ValueError:
@@ -111,6 +123,81 @@ class SegmentationTrainingArguments:
             raise ValueError(f"`backbone_kwargs` must be a JSON dict, got {self.backbone_kwargs!r}")
         if self.backbone_weights is not None and not Path(self.backbone_weights).is_file():
             raise ValueError(f"`backbone_weights` {self.backbone_weights!r} does not exist or is not a file")
+
+
+class _LevelSegmenter(torch.nn.Module):
+    """Backbone pretraining head: the last tap of each HSNet level, resized to the finest one, concatenated, a 1x1
+    convolution to ``num_labels`` classes, upsampled to the image; ``forward`` returns the cross-entropy."""
+
+    def __init__(self, backbone, taps: list[str], num_labels: int, num_channels: int):
+        from ..models.hsnet_taps import FeatureTaps
+
+        super().__init__()
+        self.backbone, self.taps = backbone, FeatureTaps(backbone, taps)
+        with torch.no_grad(), self.taps:
+            was = backbone.training
+            backbone.eval()
+            channels = sum(f.shape[1] for f in self.taps.run(torch.zeros(1, num_channels, 64, 64)))
+            backbone.train(was)
+        self.head = torch.nn.Conv2d(channels, num_labels, 1)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        with self.taps:
+            features = self.taps.run(pixel_values)
+        size = features[0].shape[-2:]
+        x = torch.cat([F.interpolate(f, size, mode="bilinear", align_corners=False) for f in features], dim=1)
+        logits = F.interpolate(self.head(x), labels.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, labels)
+
+
+def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
+    """Stage 0 (``--pretrain_backbone_steps``): train ``model.backbone`` on semantic segmentation of the fold's
+    training classes (:class:`relzoo.data.segmentation.CompositeSegmentation`), with checkpoints and exact resume in
+    ``output_dir/backbone``; the result is written to ``output_dir/backbone/backbone.safetensors`` and loaded again by
+    a resumed run, which then skips this stage. Leaves the backbone frozen and in eval mode."""
+    from safetensors.torch import load_file, save_file
+
+    from ..data.segmentation import CompositeSegmentation
+
+    folder = Path(args.output_dir) / "backbone"
+    done = folder / "backbone.safetensors"
+    if args.resume and done.is_file():
+        model.backbone.load_state_dict(load_file(done))
+        return {"steps": args.pretrain_backbone_steps, "loaded": str(done)}
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
+    mean, std = image_statistics(args)
+    data = CompositeSegmentation(args.fold, samples=args.pretrain_backbone_steps * args.pretrain_batch_size *
+                                 accelerator.num_processes, image_size=args.image_size, seed=args.seed + 2,
+                                 data_dir=args.data_dir, mean=mean, std=std)
+    levels = model.config.feature_taps
+    model.backbone.requires_grad_(True)
+    net = _LevelSegmenter(model.backbone, [level[-1] for level in levels], data.num_labels, model.config.num_channels)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.pretrain_batch_size, drop_last=True,
+                                         num_workers=args.num_workers)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.pretrain_lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.pretrain_lr, total_steps=args.pretrain_backbone_steps)
+    prepared, optimizer, loader = accelerator.prepare(net, optimizer, loader)
+    run = {"stage": "backbone_pretraining", "backbone": args.backbone, "fold": args.fold, "seed": args.seed,
+           "image_size": args.image_size, "batch_size": args.pretrain_batch_size,
+           "num_processes": accelerator.num_processes}
+    engine = TrainingEngine(accelerator, prepared, optimizer, scheduler, loader, folder, run,
+                            args.pretrain_backbone_steps, log_every=args.log_every,
+                            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                            stop_after_steps=args.stop_after_steps, epoch_hooks=[data], desc="backbone")
+    if args.resume:
+        engine.resume()
+    accelerator.print(f"stage 0: {args.backbone} pretrained on semantic segmentation of the training classes "
+                      f"{data.classes} (+ background), {args.pretrain_backbone_steps} steps")
+    summary = engine.fit(lambda batch: prepared(batch["pixel_values"], batch["labels"]))
+    model.backbone.requires_grad_(False).eval()
+    if not summary.get("interrupted") and accelerator.is_main_process:
+        tmp = done.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp))
+        tmp.replace(done)
+    accelerator.wait_for_everyone()
+    return summary
 
 
 def image_statistics(args: SegmentationTrainingArguments) -> tuple[list[float], list[float]]:
@@ -260,6 +347,9 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone, backbone_kwargs=args.parsed_backbone_kwargs(),
                                                     backbone_pretrained=args.backbone_pretrained))
     weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
+    pretraining = pretrain_backbone(model, args) if args.pretrain_backbone_steps else None
+    if pretraining is not None and pretraining.get("interrupted"):
+        return {"model": "hsnet", "backbone": args.backbone, "backbone_pretraining": pretraining, **pretraining}
     per_run = args.max_steps * args.batch_size * accelerator.num_processes  # built-in: one epoch = the whole run
     episodes = segmentation_episodes(args, "train", 1, per_run if args.dataset == "fashion_mnist_composites" else None,
                                      args.seed)
@@ -269,6 +359,7 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # official: constant
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     run = {"model": "hsnet", "backbone": args.backbone, "backbone_weights": args.backbone_weights,
+           "pretrain_backbone_steps": args.pretrain_backbone_steps,
            "dataset": args.dataset, "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
            "seed": args.seed, "num_processes": accelerator.num_processes, "image_mean_std": image_statistics(args)}
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, args.max_steps,
@@ -289,7 +380,8 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
                          support_pixel_values=batch["support_pixel_values"],
                          support_masks=batch["support_masks"], labels=batch["labels"]).loss
 
-    summary = {"model": "hsnet", "backbone": args.backbone, **engine.fit(step), "backbone_weights": weights}
+    summary = {"model": "hsnet", "backbone": args.backbone, **engine.fit(step), "backbone_weights": weights,
+               "backbone_pretraining": pretraining}
     if summary.get("interrupted"):
         return summary
     summary["results"] = evaluate_segmentation(model, args, accelerator)
