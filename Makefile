@@ -9,7 +9,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo demo-san test test-fast lint bench bench-ctx fewshot-table fashion-mnist clean
+.PHONY: install demo demo-san demo-hsnet test test-fast lint bench bench-ctx bench-hsnet fewshot-table fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: install fashion-mnist
 demo-san: install fashion-mnist
 	$(PY) scripts/train_classifier.py --dataset fashion_mnist --output_dir outputs/demo-san
 
+# HSNet on the built-in composites: resnet18 pretrained on the training classes' canvases (stage 0), then frozen
+demo-hsnet: install fashion-mnist
+	$(PY) scripts/finetune_hsnet.py --backbone resnet18 --pretrain_backbone_steps 1500 --max_steps 1000 \
+	  --checkpoint_every 500 --pictures 4 --output_dir outputs/demo-hsnet
+
 fewshot-table: install fashion-mnist
 	$(PY) scripts/fewshot_table.py --output_dir outputs/fewshot_table
 
@@ -51,6 +56,9 @@ bench: install
 
 bench-ctx: install
 	$(PY) scripts/benchmark.py ctx
+
+bench-hsnet: install
+	$(PY) scripts/benchmark.py hsnet
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

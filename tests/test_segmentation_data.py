@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from relzoo.data.segmentation import FOLD_CLASSES, FashionMNISTComposites
+from relzoo.data.segmentation import FOLD_CLASSES, CompositeSegmentation, FashionMNISTComposites
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,19 @@ def test_masks_are_the_silhouettes_of_the_class_and_folds_keep_classes_apart(fas
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FashionMNISTComposites(**{"split": "test", **kwargs})
+
+
+def test_backbone_pretraining_canvases_hold_training_classes_only(fashion_like):
+    data = CompositeSegmentation(fold=1, samples=6, image_size=64, data_dir=fashion_like)
+    assert data.classes == [1, 3, 5, 7, 9] and data.num_labels == 6          # fold 1 tests the even classes
+    sample = data[2]
+    assert sample["pixel_values"].shape == (3, 64, 64) and sample["labels"].shape == (64, 64)
+    assert set(sample["labels"].unique().tolist()) <= set(range(6)) and (sample["labels"] > 0).any()
+    # the labels are the training classes of the canvas's owners, in the order of `classes`
+    rng = np.random.default_rng(np.random.SeedSequence([0, 0, 2, 1]))
+    image, owner = data.canvases.canvas(rng, int(rng.choice(data.classes)))
+    expected = torch.zeros_like(owner)
+    for i, c in enumerate(data.classes, start=1):
+        expected[owner == c] = i
+    assert torch.equal(sample["labels"], expected) and set(owner.unique().tolist()) <= {-1, 1, 3, 5, 7, 9}
+    assert torch.equal(sample["pixel_values"], data[2]["pixel_values"])      # deterministic
