@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def safe_load_split_pickle(path: str | os.PathLike):
             raise ValueError(f"split file {path} is not a plain split pickle: {err}") from err
 
 
-class FolderEpisodes(torch.utils.data.Dataset):
+class FolderEpisodes(torch.utils.data.Dataset, ABC):
     """Shared logic of the folder datasets: the subclasses fill ``queries`` (a list of ``(key, class_id)``),
     ``by_class`` (class id -> keys) and ``classes`` (the class ids of the split), and say how a key maps to files."""
 
@@ -129,18 +130,20 @@ class FolderEpisodes(torch.utils.data.Dataset):
         self._order_epoch, self._order = None, None
 
     # subclasses ---------------------------------------------------------------------------------------------------
+    @abstractmethod
     def _build(self) -> None:
-        raise NotImplementedError
+        """Fill ``queries``, ``by_class`` and ``classes``."""
 
     def _default_episodes(self) -> int:
         return len(self.queries)
 
+    @abstractmethod
     def image_path(self, key: str) -> Path:
-        raise NotImplementedError
+        """The image file of ``key``."""
 
+    @abstractmethod
     def mask_of(self, key: str, class_id: int) -> np.ndarray:
         """``(H, W)`` uint8 mask of ``class_id`` in image ``key``: 1 = class, 0 = other, 255 = ignore."""
-        raise NotImplementedError
 
     # episodes -----------------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
