@@ -205,15 +205,16 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
             features = [f.unflatten(0, (batch, shots))[:, part].flatten(0, 1) for f in support_features]
             encoded = self.learner.encode(shot_hypercorrelation(
                 query_features, features, groups, None if masks is None else masks[:, part]))
-            logits = F.interpolate(self.learner.decode(encoded), size, mode="bilinear", align_corners=True)
+            states = encoded.unflatten(0, (batch, -1)).unbind(1)     # per shot, on the path to the logits
+            logits = self.learner.decode(torch.stack(states, dim=1).flatten(0, 1))
+            logits = F.interpolate(logits, size, mode="bilinear", align_corners=True)
             shot_logits.append(logits.unflatten(0, (batch, -1)))
-            encodings.append(encoded.unflatten(0, (batch, -1)))
+            encodings.extend(states)
         stacked = torch.cat(shot_logits, dim=1)                                          # (B, K, 2, H, W)
         if shots == 1:
             logits, predicted, stacked = stacked[:, 0], stacked[:, 0].argmax(1), None
         else:
             logits, predicted = stacked.mean(1), vote(stacked)
-        encodings = torch.cat(encodings, dim=1).unbind(1)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
