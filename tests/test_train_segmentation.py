@@ -17,6 +17,7 @@ from relzoo import (
     ProtoNetConfig,
     ProtoNetForFewShotClassification,
 )
+from relzoo.checksums import ChecksumError
 from relzoo.train.checkpoints import RunMismatchError
 from relzoo.train.segmentation import SegmentationTrainingArguments, train_segmentation
 
@@ -63,7 +64,7 @@ def test_backbone_pretraining_stage_trains_then_freezes_and_resumes_exactly(tmp_
     before = HSNetForFewShotSegmentation(HSNetConfig(backbone="resnet18")).backbone.state_dict()
     full = train_segmentation(_args(tmp_path / "full", fashion_like, **kw))
     assert full["backbone_pretraining"]["steps"] == 4 and full["steps"] == 2
-    trained = load_file(tmp_path / "full" / "backbone" / "backbone.safetensors")
+    trained = load_file(tmp_path / "full" / "backbone" / "final" / "backbone.safetensors")
     saved = load_file(tmp_path / "full" / "model" / "model.safetensors")
     assert torch.equal(trained["fc.weight"], before["fc.weight"])                    # same start, classifier unused
     assert not torch.equal(trained["layer3.0.conv1.weight"], before["layer3.0.conv1.weight"])   # it trained
@@ -80,6 +81,12 @@ def test_backbone_pretraining_stage_trains_then_freezes_and_resumes_exactly(tmp_
     # a resumed run whose stage 0 is complete loads it and skips it
     third = train_segmentation(_args(tmp_path / "split", fashion_like, resume=True, **kw))
     assert third["backbone_pretraining"]["loaded"].endswith("backbone.safetensors")
+    final = tmp_path / "split" / "backbone" / "final" / "backbone.safetensors"
+    data = bytearray(final.read_bytes())
+    data[-8:] = b"\x00" * 8                                            # damaged: named, not loaded
+    final.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="backbone.safetensors"):
+        train_segmentation(_args(tmp_path / "split", fashion_like, resume=True, **kw))
 
 
 def test_backbone_weights_from_a_fewshot_classifier(tmp_path, fashion_like):

@@ -85,8 +85,8 @@ class SegmentationTrainingArguments:
             raise ValueError(f"`normalization` must be auto, imagenet or half, got {self.normalization!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        at_least = {"pretrain_backbone_steps": 0, "pretrain_batch_size": 1, "image_size": 32, "batch_size": 1, "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1,
-                    "pictures": 0, "checkpoint_every": 0, "keep_checkpoints": 1, "log_every": 1, "num_workers": 0,
+        at_least = {"pretrain_backbone_steps": 0, "pretrain_batch_size": 1, "image_size": 32, "batch_size": 1,
+                    "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1, "pictures": 0, "checkpoint_every": 0, "keep_checkpoints": 1, "log_every": 1, "num_workers": 0,
                     "stop_after_steps": 1, "fold": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -155,15 +155,19 @@ class _LevelSegmenter(torch.nn.Module):
 def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
     """Stage 0 (``--pretrain_backbone_steps``): train ``model.backbone`` on semantic segmentation of the fold's
     training classes (:class:`relzoo.data.segmentation.CompositeSegmentation`), with checkpoints and exact resume in
-    ``output_dir/backbone``; the result is written to ``output_dir/backbone/backbone.safetensors`` and loaded again by
-    a resumed run, which then skips this stage. Leaves the backbone frozen and in eval mode."""
+    ``output_dir/backbone``; the result is written atomically, with its checksums, to
+    ``output_dir/backbone/final/backbone.safetensors`` and loaded again (checked) by a resumed run, which then skips
+    this stage. Leaves the backbone frozen and in eval mode."""
     from safetensors.torch import load_file, save_file
 
+    from ..checksums import verify_checksums, write_checksums
     from ..data.segmentation import CompositeSegmentation
+    from ..hub import atomic_folder
 
     folder = Path(args.output_dir) / "backbone"
-    done = folder / "backbone.safetensors"
+    done = folder / "final" / "backbone.safetensors"
     if args.resume and done.is_file():
+        verify_checksums(done.parent, required=True)   # a damaged file is named, never loaded
         model.backbone.load_state_dict(load_file(done))
         return {"steps": args.pretrain_backbone_steps, "loaded": str(done)}
     accelerator = make_accelerator(args.cpu, args.mixed_precision)
@@ -190,12 +194,17 @@ def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
         engine.resume()
     accelerator.print(f"stage 0: {args.backbone} pretrained on semantic segmentation of the training classes "
                       f"{data.classes} (+ background), {args.pretrain_backbone_steps} steps")
-    summary = engine.fit(lambda batch: prepared(batch["pixel_values"], batch["labels"]))
+
+    def step(batch):
+        with accelerator.autocast():
+            return prepared(batch["pixel_values"], batch["labels"])
+
+    summary = engine.fit(step)
     model.backbone.requires_grad_(False).eval()
     if not summary.get("interrupted") and accelerator.is_main_process:
-        tmp = done.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp))
-        tmp.replace(done)
+        with atomic_folder(done.parent) as tmp:
+            save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp / done.name))
+            write_checksums(tmp)
     accelerator.wait_for_everyone()
     return summary
 
