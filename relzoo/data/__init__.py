@@ -18,6 +18,8 @@ from .episodes import (
     plain_episode_transform,
     simclr_transform,
 )
+from .segmentation import CompositeSegmentation, FashionMNISTComposites
+from .segmentation_folders import FSS1000, Coco20i, Pascal5i
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,4 +33,5 @@ from .transforms import (
 __all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "EpisodeCollator", "EpisodeImages", "EpisodeItem",
            "EpisodeSampler", "episode_loader", "plain_episode_transform", "simclr_transform", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
            "UnreadableImageError", "build_transform", "class_names", "collate_images", "load_digits",
-           "load_fashion_mnist", "load_image_dataset", "read_idx", "read_image", "write_idx"]
+           "load_fashion_mnist", "load_image_dataset", "read_idx", "read_image", "write_idx", "CompositeSegmentation",
+           "FashionMNISTComposites", "FSS1000", "Coco20i", "Pascal5i"]
