@@ -52,6 +52,10 @@ def test_center_pivot_conv4d_skips_all_zero_support_positions_exactly():
     refs = torch.autograd.grad(ref.square().sum(), params)
     for a, r in zip(grads, refs):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-9)
+    zero = torch.zeros(1, 3, 4, 4, 3, 3, dtype=torch.float64)  # every position skipped: conv1 still takes part,
+    layer.zero_grad()                                          # so data-parallel training sees its gradient
+    layer(zero).sum().backward()
+    assert layer.conv1.weight.grad is not None and layer.conv1.weight.grad.abs().sum() == 0
     x.requires_grad_(True)                                     # an input gradient is wanted: nothing skipped
     grads = torch.autograd.grad(layer(x).square().sum(), [x, *params])
     refs = torch.autograd.grad(center_pivot_conv4d_reference(x, layer).square().sum(), [x, *params])

@@ -150,7 +150,8 @@ def test_script_reports_a_bad_argument_in_one_line(tmp_path, argument, value, me
 def test_two_real_processes(tmp_path, fashion_like):
     out = tmp_path / "ddp"
     args = dict(backbone="resnet18", image_size=64, batch_size=2, max_steps=3, eval_episodes=10, eval_shots="1",
-                checkpoint_every=2, data_dir=fashion_like, output_dir=out)
+                checkpoint_every=2, data_dir=fashion_like, output_dir=out, pretrain_backbone_steps=2,
+                pretrain_batch_size=2)
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "scripts/finetune_hsnet.py", *[f"--{k}={v}" for k, v in args.items()]]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
@@ -158,5 +159,6 @@ def test_two_real_processes(tmp_path, fashion_like):
     res = json.loads((out / "results.json").read_text())
     assert res["num_processes"] == 2 and res["distributed_type"] == "DistributedType.MULTI_CPU"
     assert res["steps"] == 3 and res["replicas_in_sync"] is True
+    assert res["backbone_pretraining"]["steps"] == 2 and res["backbone_pretraining"]["num_processes"] == 2
     assert res["results"][0]["episodes"] == 10                       # every test episode counted once over 2 ranks
     assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()

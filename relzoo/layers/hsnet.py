@@ -169,6 +169,8 @@ class CenterPivotConv4d(nn.Module):
             if self.conv1.bias is not None:
                 out1 += self.conv1.bias[:, None, None]
             where = active.nonzero().squeeze(1)
+            if not len(where) and torch.is_grad_enabled():
+                where = where.new_zeros(1)   # run conv1 on one (zero) slice so that its weight takes part (DDP)
             if len(where):
                 out1.index_copy_(0, where, self.conv1(pruned.index_select(0, where)))
         out1 = rearrange(out1, "(b k l) o i j -> b o i j k l", b=b, k=hs, l=ws)

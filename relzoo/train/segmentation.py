@@ -140,6 +140,17 @@ class _LevelSegmenter(torch.nn.Module):
             channels = sum(f.shape[1] for f in self.taps.run(torch.zeros(1, num_channels, 64, 64)))
             backbone.train(was)
         self.head = torch.nn.Conv2d(channels, num_labels, 1)
+        # train only what reaches the taps (layers after the last one, e.g. the classifier, would leave DDP waiting
+        # for gradients that never come)
+        backbone.requires_grad_(True)
+        was = backbone.training
+        backbone.eval()
+        self(torch.zeros(1, num_channels, 64, 64), torch.zeros(1, 64, 64, dtype=torch.long)).backward()
+        backbone.train(was)
+        for p in self.parameters():
+            if p.grad is None:
+                p.requires_grad_(False)
+            p.grad = None
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -176,11 +187,11 @@ def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
                                  accelerator.num_processes, image_size=args.image_size, seed=args.seed + 2,
                                  data_dir=args.data_dir, mean=mean, std=std)
     levels = model.config.feature_taps
-    model.backbone.requires_grad_(True)
     net = _LevelSegmenter(model.backbone, [level[-1] for level in levels], data.num_labels, model.config.num_channels)
     loader = torch.utils.data.DataLoader(data, batch_size=args.pretrain_batch_size, drop_last=True,
                                          num_workers=args.num_workers)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.pretrain_lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=args.pretrain_lr,
+                                  weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.pretrain_lr, total_steps=args.pretrain_backbone_steps)
     prepared, optimizer, loader = accelerator.prepare(net, optimizer, loader)
     run = {"stage": "backbone_pretraining", "backbone": args.backbone, "fold": args.fold, "seed": args.seed,
