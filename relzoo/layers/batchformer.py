@@ -88,5 +88,9 @@ class BatchFormerV2Insertion(nn.Module):
         plain, stream = x.chunk(2, dim=0)
         return torch.cat([plain, self.module(stream)], dim=0)
 
+    def after_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """This insertion point as a forward hook: ``block.register_forward_hook(insertion.after_hook)``."""
+        return self(output) if self.training else None
+
     def extra_repr(self) -> str:
         return f"first={self.first}"

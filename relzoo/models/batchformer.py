@@ -1,0 +1,143 @@
+"""BatchFormer V1 / V2 added to any timm model in one call (issue 8, first part).
+
+``add_batchformer(model, version=1)`` puts a :class:`relzoo.layers.batchformer.BatchFormer` in front of the model's
+classifier (V1: on the pooled features; the classifier sees ``cat([x, BatchFormer(x)])`` in training);
+``add_batchformer(model, version=2, after=["blocks.8"])`` inserts it after the named modules (ViT blocks, CNN
+stages), DETR-style: the first insertion point turns the batch of B into the two streams ``[x, BatchFormer(x)]``, later
+ones pass only the second stream through it. Either way the model returns ``2 * B`` rows in training, so the targets
+are duplicated (:func:`batchformer_targets`), and in evaluation nothing runs: outputs are bit-identical to the model
+without the plug-in.
+
+The plug-in lives in ``model.batchformer`` (its parameters appear under ``batchformer.*``; every existing key is
+unchanged, so pretrained weights load as before) and acts through forward hooks that are bound methods of it, so
+``copy.deepcopy`` gives a copy whose hooks use the copy's own plug-in.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
+
+__all__ = ["BatchFormerPlugin", "add_batchformer", "batchformer_targets", "has_batchformer"]
+
+
+class BatchFormerPlugin(nn.Module):
+    """What :func:`add_batchformer` attaches as ``model.batchformer``: the shared :class:`BatchFormer`, the version
+    and, for V2, one :class:`BatchFormerV2Insertion` per insertion point (in order)."""
+
+    def __init__(self, module: BatchFormer, version: int, after: list[str]):
+        super().__init__()
+        self.module, self.version, self.after = module, version, list(after)
+        self.insertions = nn.ModuleList(BatchFormerV2Insertion(module, first=i == 0) for i in range(len(after)))
+
+    def classifier_pre_hook(self, classifier: nn.Module, args: tuple) -> tuple | None:
+        """V1: the classifier's input ``x`` becomes ``cat([x, BatchFormer(x)])`` in training."""
+        if not self.training:
+            return None
+        x = args[0]
+        return (torch.cat([x, self.module(x)], dim=0), *args[1:])
+
+    def make_insertion_hook(self, index: int):
+        return self.insertions[index].after_hook
+
+    def extra_repr(self) -> str:
+        return f"version={self.version}, after={self.after}" if self.version == 2 else "version=1"
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    if not hasattr(model, "get_classifier"):
+        raise ValueError(f"BatchFormer V1 goes in front of the classifier: {type(model).__name__} has no "
+                         "get_classifier() (a timm classifier is expected)")
+    classifier = model.get_classifier()
+    if isinstance(classifier, nn.Identity) or not isinstance(classifier, nn.Module):
+        raise ValueError(f"BatchFormer V1 needs a classifier; {type(model).__name__} has none (num_classes=0?)")
+    return classifier
+
+
+def _probe_channels(model: nn.Module, names: list[str]) -> list[int]:
+    """Channels of each named module's output, from one small no-grad forward in eval mode."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(f"`after` names no module of {type(model).__name__}: {unknown} (e.g. 'blocks.8' for a ViT, "
+                         "'layer3' or 'stages.2' for a CNN)")
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)     # ViTs built for one image size
+    if fixed is not None:
+        size = (size[0], *fixed)
+    seen: dict[str, torch.Size] = {}
+    hooks = [modules[n].register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, out.shape)) for n in names]
+    was = model.training
+    try:
+        model.eval()
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *size, device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    channels = []
+    for n in names:
+        shape = seen[n]
+        if len(shape) == 3:
+            channels.append(shape[-1])          # tokens (N, L, C)
+        elif len(shape) == 4:
+            channels.append(shape[1])           # maps (N, C, H, W)
+        else:
+            raise ValueError(f"BatchFormer V2 goes after modules that output tokens (N, L, C) or maps (N, C, H, W); "
+                             f"{n!r} outputs {tuple(shape)}")
+    return channels
+
+
+def add_batchformer(model: nn.Module, version: int = 1, after: list[str] | str | None = None, num_heads: int = 4,
+                    dim_feedforward: int | None = None, dropout: float = 0.5) -> nn.Module:
+    """Add BatchFormer to a timm model in place and return it (see the module doc).
+
+    Args:
+        model: a timm model (V1: a classifier, ``get_classifier()`` not Identity).
+        version: 1 (before the classifier, on pooled features) or 2 (after the modules named in ``after``).
+        after: V2 only: module names (``model.named_modules()``), in forward order; all must output features with
+            the same channel count (one BatchFormer is shared by all insertion points, as in the official DeiT code).
+        num_heads, dim_feedforward, dropout: the BatchFormer layer (official: 4, the channel count, 0.5).
+    """
+    if hasattr(model, "batchformer"):
+        raise ValueError(f"{type(model).__name__} already has a BatchFormer plug-in (model.batchformer)")
+    if version not in (1, 2):
+        raise ValueError(f"`version` must be 1 or 2, got {version!r}")
+    if version == 1:
+        if after is not None:
+            raise ValueError(f"`after` is for version 2 (V1 always sits in front of the classifier), got {after!r}")
+        classifier = _classifier(model)
+        dim = getattr(classifier, "in_features", None) or getattr(model, "num_features", None)
+        plugin = BatchFormerPlugin(BatchFormer(int(dim), num_heads, dim_feedforward, dropout), 1, [])
+        model.batchformer = plugin
+        classifier.register_forward_pre_hook(plugin.classifier_pre_hook)
+        return model
+    names = [after] if isinstance(after, str) else list(after or [])
+    if not names:
+        raise ValueError("`after` must name at least one module for version 2 (e.g. ['blocks.8'])")
+    channels = _probe_channels(model, names)
+    if len(set(channels)) != 1:
+        raise ValueError(f"the modules in `after` output different channel counts {dict(zip(names, channels))}; one "
+                         "BatchFormer is shared by all insertion points")
+    plugin = BatchFormerPlugin(BatchFormer(channels[0], num_heads, dim_feedforward, dropout), 2, names)
+    plugin.to(next(model.parameters()).device)
+    model.batchformer = plugin
+    modules = dict(model.named_modules())
+    for i, name in enumerate(names):
+        modules[name].register_forward_hook(plugin.make_insertion_hook(i))
+    return model
+
+
+def has_batchformer(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "batchformer", None), BatchFormerPlugin)
+
+
+def batchformer_targets(model: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """The targets for the model's output: duplicated (``cat([y, y])``, the two streams) when the model carries a
+    BatchFormer and is training, unchanged otherwise."""
+    if has_batchformer(model) and model.training:
+        return torch.cat([targets, targets], dim=0)
+    return targets
