@@ -90,3 +90,29 @@ def test_bad_calls_are_named():
     add_batchformer(model)
     with pytest.raises(ValueError, match="already has a BatchFormer"):
         add_batchformer(model)
+
+
+def test_transformers_model_equals_the_timm_model_in_evaluation_and_round_trips(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from relzoo import BatchFormerConfig, BatchFormerForImageClassification
+
+    model = BatchFormerForImageClassification(BatchFormerConfig(backbone="resnet18", num_labels=4)).eval()
+    plain = timm.create_model("resnet18", num_classes=4).eval()
+    state = {k: v for k, v in model.classifier.state_dict().items() if not k.startswith("batchformer.")}
+    plain.load_state_dict(state)
+    x, y = torch.randn(3, 3, 64, 64), torch.tensor([0, 1, 3])
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, plain(x))                         # inference is the plain network
+    torch.manual_seed(5)                                                       # BatchFormer's dropout
+    out = model.train()(x, labels=y)                                           # training: both streams in the loss
+    torch.manual_seed(5)
+    streams = model.classifier(x)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(streams, torch.cat([y, y])),
+                               rtol=1e-5, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, model.eval()(x).logits)
+    with pytest.raises(ValueError, match="`insert_after` must name at least one module for version 2"):
+        BatchFormerConfig(version=2)

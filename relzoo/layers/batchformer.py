@@ -70,12 +70,17 @@ def batchformer_v1_streams(features: torch.Tensor, labels: torch.Tensor | None, 
 class BatchFormerV2Insertion(nn.Module):
     """One V2 insertion point (DETR-style two streams). ``first=True``: the batch ``x`` (B samples) becomes
     ``cat([x, BatchFormer(x)])`` (2B); later insertion points (``first=False``) receive that 2B batch and pass only
-    its second half (the BatchFormer stream) through the module. Skipped (identity) in evaluation. Several
-    insertion points may share one :class:`BatchFormer` (official DeiT default)."""
+    its second half (the BatchFormer stream) through the module. Skipped (identity) in evaluation, following this
+    insertion point's own train/eval mode. Several insertion points may share one :class:`BatchFormer` (official DeiT
+    default); it is not registered here, so its owner (e.g. :class:`relzoo.models.batchformer.BatchFormerPlugin`)
+    holds its parameters once."""
 
     def __init__(self, module: BatchFormer, first: bool):
         super().__init__()
-        self.module, self.first = module, first
+        self.first = first
+        # not registered as a submodule: several insertion points share one BatchFormer, whose parameters belong to
+        # (and are saved once by) its owner
+        self.__dict__["module"] = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

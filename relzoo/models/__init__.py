@@ -1,5 +1,6 @@
 """Model families. Importing this package registers every family with timm and the transformers Auto classes."""
-from . import fewshot, hsnet, san  # noqa: F401  (family list: add one import per family)
+from . import batchformer, fewshot, hsnet, san  # noqa: F401  (family list: add one import per family)
+from .batchformer import BatchFormerConfig, BatchFormerForImageClassification, add_batchformer, batchformer_targets
 from .fewshot import (
                       AutoModelForFewShotClassification,
                       CrossTransformerConfig,
@@ -24,7 +25,8 @@ from .san import (
                   san_image_processor,
 )
 
-__all__ = ["SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "AutoModelForFewShotSegmentation",
+__all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "add_batchformer", "batchformer_targets",
+           "SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "AutoModelForFewShotSegmentation",
            "FewShotSegmentationOutput", "HSNetConfig", "HSNetForFewShotSegmentation", "CrossTransformerConfig",
            "CrossTransformerForFewShotClassification", "FewShotClassifierOutput", "ProtoNetConfig",
            "ProtoNetForFewShotClassification", "SANConfig", "SANForImageClassification", "SANModel",

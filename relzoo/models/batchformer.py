@@ -141,3 +141,121 @@ def batchformer_targets(model: nn.Module, targets: torch.Tensor) -> torch.Tensor
     if has_batchformer(model) and model.training:
         return torch.cat([targets, targets], dim=0)
     return targets
+
+
+# --- transformers ---------------------------------------------------------------------------------------------------
+from transformers import PreTrainedConfig, PreTrainedModel  # noqa: E402
+from transformers.modeling_outputs import ImageClassifierOutput  # noqa: E402
+from transformers.utils.generic import can_return_tuple  # noqa: E402
+
+from .backbones import build_backbone, check_backbone_config  # noqa: E402
+from .hub_mixin import ChecksummedPretrainedMixin  # noqa: E402
+from .inputs import check_image_batch  # noqa: E402
+
+__all__ += ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPreTrainedModel"]
+
+
+class BatchFormerConfig(PreTrainedConfig):
+    r"""A timm classifier trained with BatchFormer (``model_type="batchformer"``).
+
+    Args:
+        backbone (`str`, defaults to `"resnet18"`): any timm classifier.
+        backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments.
+        backbone_pretrained (`bool`, defaults to `False`): timm's pretrained weights (needs the Hub or its cache).
+        num_channels (`int`, defaults to 3): image channels.
+        version (`int`, defaults to 1): 1 (in front of the classifier) or 2 (after the modules in `insert_after`).
+        insert_after (`list[str]`, *optional*): version 2: module names of the timm model, e.g. `["blocks.8"]`.
+        num_heads, dim_feedforward, dropout: the BatchFormer layer (official 4, the channel count, 0.5).
+        num_labels: classes (transformers' own field).
+    """
+
+    model_type = "batchformer"
+
+    def __init__(self, backbone="resnet18", backbone_kwargs=None, backbone_pretrained=False, num_channels=3, version=1,
+                 insert_after=None, num_heads=4, dim_feedforward=None, dropout=0.5, **kwargs):
+        kwargs_checked = check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels)
+        if version not in (1, 2):
+            raise ValueError(f"`version` must be 1 or 2, got {version!r}")
+        if version == 2 and not insert_after:
+            raise ValueError("`insert_after` must name at least one module for version 2 (e.g. ['blocks.8'])")
+        if version == 1 and insert_after:
+            raise ValueError(f"`insert_after` is for version 2, got {insert_after!r} with version 1")
+        self.backbone, self.backbone_kwargs, self.backbone_pretrained = backbone, kwargs_checked, backbone_pretrained
+        self.num_channels, self.version = num_channels, version
+        self.insert_after = [insert_after] if isinstance(insert_after, str) else list(insert_after or [])
+        self.num_heads, self.dim_feedforward, self.dropout = num_heads, dim_feedforward, dropout
+        super().__init__(**kwargs)
+
+
+class BatchFormerPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
+    config_class = BatchFormerConfig
+    base_model_prefix = "batchformer_model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own initialisation (a pretrained backbone is marked initialised and kept)
+        if isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()              # its packed input projection (out_proj resets itself)
+        elif hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
+            module.reset_parameters()
+        else:                                       # a module's own tensors (a ViT's cls_token, pos_embed): timm's
+            for p in module.parameters(recurse=False):
+                nn.init.trunc_normal_(p, std=0.02)
+
+
+def _plain_stream(x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(plain, x)``: the first ``batch`` rows, and ``x`` rebuilt from them, so that the plain stream's tensor (a
+    hidden state) lies on the path to the logits."""
+    if x.shape[0] == batch:
+        return x, x
+    plain = x[:batch]
+    return plain, torch.cat([plain, x[batch:]], dim=0)
+
+
+class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
+    """Any timm classifier with BatchFormer V1 or V2 (see :func:`add_batchformer`). In training the network produces
+    both streams and the loss is the cross-entropy over all of them with the labels duplicated; ``logits`` are the
+    plain stream's (B rows). In evaluation the plug-in does nothing: outputs equal the timm model's bit for bit."""
+
+    def __init__(self, config: BatchFormerConfig):
+        super().__init__(config)
+        self.classifier = build_backbone(config.backbone, {**config.backbone_kwargs, "num_classes": config.num_labels},
+                                         config.num_channels, config.backbone_pretrained, headless=False)
+        add_batchformer(self.classifier, config.version, config.insert_after or None, config.num_heads,
+                        config.dim_feedforward, config.dropout)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutput:
+        check_image_batch("pixel_values", pixel_values, self.config.num_channels, self.dtype)
+        if labels is not None and (labels.dim() == 0 or labels.shape[0] != pixel_values.shape[0]):
+            raise ValueError(f"`labels` must have one row per image ({pixel_values.shape[0]}), got shape "
+                             f"{tuple(labels.shape)}")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        batch = pixel_values.shape[0]
+        net = self.classifier
+        plain_features, features = _plain_stream(net.forward_features(pixel_values), batch)
+        plain_pooled, pooled = _plain_stream(net.forward_head(features, pre_logits=True), batch)
+        streams = net.get_classifier()(pooled)                                  # (2B, classes) in training
+        loss = None
+        if labels is not None:
+            # transformers' classification loss (config.problem_type), over both streams with the targets duplicated
+            loss = self.loss_function(batchformer_targets(net, labels), streams, self.config)
+        states = (plain_features, plain_pooled) if output_hidden_states else None
+        return ImageClassifierOutput(loss=loss, logits=streams if streams.shape[0] == batch else streams[:batch],
+                                     hidden_states=states)
+
+
+def _register_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    AutoConfig.register(BatchFormerConfig.model_type, BatchFormerConfig, exist_ok=True)
+    AutoModel.register(BatchFormerConfig, BatchFormerForImageClassification, exist_ok=True)
+    AutoModelForImageClassification.register(BatchFormerConfig, BatchFormerForImageClassification, exist_ok=True)
+
+
+_register_auto_classes()
