@@ -16,10 +16,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils.generic import can_return_tuple
 
 from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
+from .backbones import build_backbone, check_backbone_config
+from .hub_mixin import ChecksummedPretrainedMixin
+from .inputs import check_image_batch
 
-__all__ = ["BatchFormerPlugin", "add_batchformer", "batchformer_targets", "has_batchformer"]
+__all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPlugin", "BatchFormerPreTrainedModel",
+           "add_batchformer", "batchformer_targets", "has_batchformer"]
 
 
 class BatchFormerPlugin(nn.Module):
@@ -144,16 +151,6 @@ def batchformer_targets(model: nn.Module, targets: torch.Tensor) -> torch.Tensor
 
 
 # --- transformers ---------------------------------------------------------------------------------------------------
-from transformers import PreTrainedConfig, PreTrainedModel  # noqa: E402
-from transformers.modeling_outputs import ImageClassifierOutput  # noqa: E402
-from transformers.utils.generic import can_return_tuple  # noqa: E402
-
-from .backbones import build_backbone, check_backbone_config  # noqa: E402
-from .hub_mixin import ChecksummedPretrainedMixin  # noqa: E402
-from .inputs import check_image_batch  # noqa: E402
-
-__all__ += ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPreTrainedModel"]
-
 
 class BatchFormerConfig(PreTrainedConfig):
     r"""A timm classifier trained with BatchFormer (``model_type="batchformer"``).

@@ -8,7 +8,8 @@ The backbone is frozen and stays in eval mode (its BatchNorm statistics never ch
 (:mod:`relzoo.models.hsnet_taps`) are read once for the queries and once for all ``B * K`` support images, whatever
 ``K``. Each shot's support features are masked by its mask (bilinear, ``align_corners=True``), correlated with the
 query's (:func:`relzoo.layers.hsnet.shot_hypercorrelation`: query taps normalised once, support positions outside the
-mask never computed since their correlation is exactly 0) and squeezed by the learner, one shot per pass;
+mask never computed since their correlation is exactly 0) and squeezed by the learner, one shot per pass (on a CPU,
+5 shots in one pass took twice as long as 5 passes);
 :func:`official_order_forward` is the reference in the official order. Logits are resized bilinearly
 (``align_corners=True``) to the query's size. With ``K > 1`` the prediction is the official vote: each shot's argmax
 mask is summed, divided by the image's largest vote, and thresholded at 0.5; ``logits`` are then the mean of the
@@ -37,9 +38,6 @@ __all__ = ["AutoModelForFewShotSegmentation", "FewShotSegmentationOutput", "HSNe
            "HSNetForFewShotSegmentation", "HSNetPreTrainedModel", "official_order_forward", "vote"]
 
 IGNORE_INDEX = 255
-# shots the learner runs on at once (times the batch). One: on a CPU, 5 shots in one pass took twice as long as 5
-# passes (HSNet-ResNet50, 400 px), and the 4D tensors of one shot are what the official loop holds
-SHOTS_PER_PASS = 1
 
 
 class HSNetConfig(PreTrainedConfig):
@@ -198,19 +196,14 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
         support_features = self.extract_features(support_pixel_values.flatten(0, 1))
         groups = [len(level) for level in self.config.feature_taps]
         masks = support_masks if self.config.use_support_mask else None
-        chunk = max(1, min(shots, SHOTS_PER_PASS))   # shots whose 4D correlations are held at once
         shot_logits, encodings = [], []
-        for first in range(0, shots, chunk):
-            part = slice(first, min(first + chunk, shots))
-            features = [f.unflatten(0, (batch, shots))[:, part].flatten(0, 1) for f in support_features]
-            encoded = self.learner.encode(shot_hypercorrelation(
-                query_features, features, groups, None if masks is None else masks[:, part]))
-            states = encoded.unflatten(0, (batch, -1)).unbind(1)     # per shot, on the path to the logits
-            logits = self.learner.decode(torch.stack(states, dim=1).flatten(0, 1))
-            logits = F.interpolate(logits, size, mode="bilinear", align_corners=True)
-            shot_logits.append(logits.unflatten(0, (batch, -1)))
-            encodings.extend(states)
-        stacked = torch.cat(shot_logits, dim=1)                                          # (B, K, 2, H, W)
+        for k in range(shots):   # one shot per learner pass: the 4D tensors of one shot, as the official loop holds
+            features = [f.unflatten(0, (batch, shots))[:, k] for f in support_features]
+            encodings.append(self.learner.encode(shot_hypercorrelation(
+                query_features, features, groups, None if masks is None else masks[:, k:k + 1])))
+            logits = self.learner.decode(encodings[-1])
+            shot_logits.append(F.interpolate(logits, size, mode="bilinear", align_corners=True))
+        stacked = torch.stack(shot_logits, dim=1)                                        # (B, K, 2, H, W)
         if shots == 1:
             logits, predicted, stacked = stacked[:, 0], stacked[:, 0].argmax(1), None
         else:
