@@ -116,3 +116,18 @@ def test_transformers_model_equals_the_timm_model_in_evaluation_and_round_trips(
         assert torch.equal(again(x).logits, model.eval()(x).logits)
     with pytest.raises(ValueError, match="`insert_after` must name at least one module for version 2"):
         BatchFormerConfig(version=2)
+
+
+@pytest.mark.parametrize("version, after", [(1, None), (2, ["layer3.0", "layer3.1"])])
+def test_remove_batchformer_gives_back_the_plain_network(version, after):
+    from relzoo import remove_batchformer
+
+    torch.manual_seed(0)
+    plain = timm.create_model("resnet18", num_classes=3)
+    model = remove_batchformer(copy.deepcopy(add_batchformer(copy.deepcopy(plain), version=version, after=after)))
+    assert set(model.state_dict()) == set(plain.state_dict()) and not has_batchformer(model)
+    x = torch.randn(2, 3, 32, 32)
+    plain.train(), model.train()                                       # no hook left: training has one stream
+    assert torch.equal(model(x), plain(x))
+    with pytest.raises(ValueError, match="has no BatchFormer plug-in"):
+        remove_batchformer(model)

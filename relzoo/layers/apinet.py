@@ -18,17 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MutualVector", "apinet_loss", "attentive_features", "mine_pairs", "mine_pairs_reference"]
+__all__ = ["MutualVector", "apinet_loss", "attentive_features", "check_pairable", "mine_pairs", "mine_pairs_reference"]
 
 
-def _check_batch(features: torch.Tensor, labels: torch.Tensor) -> None:
-    if features.dim() != 2:
-        raise ValueError(f"`features` must be pooled features (B, C), got shape {tuple(features.shape)}")
-    if labels.shape != (features.shape[0],):
-        raise ValueError(f"`labels` must have shape ({features.shape[0]},) (one per image), got {tuple(labels.shape)}")
-    if features.shape[0] < 2:
-        raise ValueError(f"API-Net pairs images within the batch: it needs at least 2 images, got "
-                         f"{features.shape[0]}")
+def check_pairable(labels: torch.Tensor) -> None:
+    """A ``ValueError`` unless every image of a batch with these labels has a same-class and an other-class partner:
+    at least 2 images, at least 2 classes, at least 2 images of every class (cheap: call it before the backbone)."""
+    if labels.dim() != 1:
+        raise ValueError(f"`labels` must be one class id per image (1D), got shape {tuple(labels.shape)}")
+    if labels.shape[0] < 2:
+        raise ValueError(f"API-Net pairs images within the batch: it needs at least 2 images, got {labels.shape[0]}")
     classes, counts = labels.unique(return_counts=True)
     if len(classes) < 2:
         raise ValueError(f"API-Net needs at least 2 classes in a batch (an inter-class partner for every image), got "
@@ -37,6 +36,14 @@ def _check_batch(features: torch.Tensor, labels: torch.Tensor) -> None:
     if alone:
         raise ValueError(f"API-Net needs at least 2 images of every class in a batch (an intra-class partner), but "
                          f"classes {alone} have one; use a class-balanced sampler (n classes x n >= 2 images)")
+
+
+def _check_batch(features: torch.Tensor, labels: torch.Tensor) -> None:
+    if features.dim() != 2:
+        raise ValueError(f"`features` must be pooled features (B, C), got shape {tuple(features.shape)}")
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"`labels` must have shape ({features.shape[0]},) (one per image), got {tuple(labels.shape)}")
+    check_pairable(labels)
 
 
 @torch.no_grad()
@@ -96,15 +103,17 @@ def attentive_features(x1: torch.Tensor, x2: torch.Tensor, mutual: MutualVector)
 
 
 def apinet_loss(logits: tuple[torch.Tensor, ...], labels1: torch.Tensor, labels2: torch.Tensor, margin: float = 0.05,
-                rank_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                rank_weight: float = 1.0, cross_entropy=F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
     """``logits`` = the classifier on ``(x1_self, x1_other, x2_self, x2_other)``. Returns ``(total, ce, rank)``:
     ``ce`` = cross-entropy over all four (mean over the 8 x pairs rows), ``rank`` = mean over the 4 x pairs rows of
     ``max(0, p_other - p_self + margin)`` with ``p`` the softmax probability of the ground-truth class, ``total = ce
-    + rank_weight * rank``."""
+    + rank_weight * rank``. ``cross_entropy(logits, targets)`` (mean-reduced) may be replaced, e.g. by a
+    label-smoothed one."""
     l1_self, l1_other, l2_self, l2_other = logits
     self_logits, other_logits = torch.cat([l1_self, l2_self]), torch.cat([l1_other, l2_other])
     targets = torch.cat([labels1, labels2])
-    ce = F.cross_entropy(torch.cat([self_logits, other_logits]), torch.cat([targets, targets]))
+    ce = cross_entropy(torch.cat([self_logits, other_logits]), torch.cat([targets, targets]))
     p_self = self_logits.softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
     p_other = other_logits.softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
     rank = F.margin_ranking_loss(p_self, p_other, torch.ones_like(p_self), margin=margin)

@@ -1,6 +1,13 @@
 """Model families. Importing this package registers every family with timm and the transformers Auto classes."""
-from . import batchformer, fewshot, hsnet, san  # noqa: F401  (family list: add one import per family)
-from .batchformer import BatchFormerConfig, BatchFormerForImageClassification, add_batchformer, batchformer_targets
+from . import apinet, batchformer, fewshot, hsnet, san  # noqa: F401  (family list: add one import per family)
+from .apinet import APINetConfig, APINetForImageClassification, add_apinet, apinet_training_loss, remove_apinet
+from .batchformer import (
+                          BatchFormerConfig,
+                          BatchFormerForImageClassification,
+                          add_batchformer,
+                          batchformer_targets,
+                          remove_batchformer,
+)
 from .fewshot import (
                       AutoModelForFewShotClassification,
                       CrossTransformerConfig,
@@ -25,7 +32,9 @@ from .san import (
                   san_image_processor,
 )
 
-__all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "add_batchformer", "batchformer_targets",
+__all__ = ["APINetConfig", "APINetForImageClassification", "add_apinet", "apinet_training_loss", "remove_apinet",
+           "BatchFormerConfig", "BatchFormerForImageClassification", "add_batchformer", "batchformer_targets",
+           "remove_batchformer",
            "SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "AutoModelForFewShotSegmentation",
            "FewShotSegmentationOutput", "HSNetConfig", "HSNetForFewShotSegmentation", "CrossTransformerConfig",
            "CrossTransformerForFewShotClassification", "FewShotClassifierOutput", "ProtoNetConfig",

@@ -24,9 +24,10 @@ from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
+from .plugins import check_class_labels, check_split_head, classifier_of, init_plugin_weights, remove_plugin
 
 __all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPlugin", "BatchFormerPreTrainedModel",
-           "add_batchformer", "batchformer_targets", "has_batchformer"]
+           "add_batchformer", "batchformer_targets", "has_batchformer", "remove_batchformer"]
 
 
 class BatchFormerPlugin(nn.Module):
@@ -50,16 +51,6 @@ class BatchFormerPlugin(nn.Module):
 
     def extra_repr(self) -> str:
         return f"version={self.version}, after={self.after}" if self.version == 2 else "version=1"
-
-
-def _classifier(model: nn.Module) -> nn.Module:
-    if not hasattr(model, "get_classifier"):
-        raise ValueError(f"BatchFormer V1 goes in front of the classifier: {type(model).__name__} has no "
-                         "get_classifier() (a timm classifier is expected)")
-    classifier = model.get_classifier()
-    if isinstance(classifier, nn.Identity) or not isinstance(classifier, nn.Module):
-        raise ValueError(f"BatchFormer V1 needs a classifier; {type(model).__name__} has none (num_classes=0?)")
-    return classifier
 
 
 def _probe_channels(model: nn.Module, names: list[str]) -> list[int]:
@@ -116,7 +107,7 @@ def add_batchformer(model: nn.Module, version: int = 1, after: list[str] | str |
     if version == 1:
         if after is not None:
             raise ValueError(f"`after` is for version 2 (V1 always sits in front of the classifier), got {after!r}")
-        classifier = _classifier(model)
+        classifier = classifier_of(model, "BatchFormer V1")
         dim = getattr(classifier, "in_features", None) or getattr(model, "num_features", None)
         plugin = BatchFormerPlugin(BatchFormer(int(dim), num_heads, dim_feedforward, dropout), 1, [])
         model.batchformer = plugin
@@ -136,6 +127,14 @@ def add_batchformer(model: nn.Module, version: int = 1, after: list[str] | str |
     for i, name in enumerate(names):
         modules[name].register_forward_hook(plugin.make_insertion_hook(i))
     return model
+
+
+def remove_batchformer(model: nn.Module) -> nn.Module:
+    """Take BatchFormer off a model in place (hooks and ``model.batchformer``) and return the plain network, with
+    exactly its original keys: what inference and publishing need."""
+    if not has_batchformer(model):
+        raise ValueError(f"{type(model).__name__} has no BatchFormer plug-in (model.batchformer)")
+    return remove_plugin(model, "batchformer")
 
 
 def has_batchformer(model: nn.Module) -> bool:
@@ -190,16 +189,8 @@ class BatchFormerPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # PyTorch's own initialisation (a pretrained backbone is marked initialised and kept)
-        if isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()              # its packed input projection (out_proj resets itself)
-        elif hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
-            module.reset_parameters()
-        else:                                       # a module's own tensors (a ViT's cls_token, pos_embed): timm's
-            for p in module.parameters(recurse=False):
-                nn.init.trunc_normal_(p, std=0.02)
+        init_plugin_weights(module)
 
 
 def _plain_stream(x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,6 +211,7 @@ class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
         super().__init__(config)
         self.classifier = build_backbone(config.backbone, {**config.backbone_kwargs, "num_classes": config.num_labels},
                                          config.num_channels, config.backbone_pretrained, headless=False)
+        check_split_head(self.classifier, "BatchFormer")
         add_batchformer(self.classifier, config.version, config.insert_after or None, config.num_heads,
                         config.dim_feedforward, config.dropout)
         self.post_init()
@@ -231,6 +223,8 @@ class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
         if labels is not None and (labels.dim() == 0 or labels.shape[0] != pixel_values.shape[0]):
             raise ValueError(f"`labels` must have one row per image ({pixel_values.shape[0]}), got shape "
                              f"{tuple(labels.shape)}")
+        if labels is not None:
+            check_class_labels(labels, self.config.num_labels)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         batch = pixel_values.shape[0]

@@ -1,0 +1,96 @@
+"""What the training-only plug-ins (BatchFormer, API-Net) share: finding a timm classifier's final layer, checking
+that the head splits into ``forward_head(pre_logits=True)`` then that layer, taking a plug-in off again, and the
+weight initialisation of their transformers classes."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+__all__ = ["check_class_labels", "check_split_head", "classifier_of", "init_plugin_weights", "remove_plugin"]
+
+
+def classifier_of(model: nn.Module, plugin: str) -> nn.Module:
+    """``model.get_classifier()``, with a named error when the model has none."""
+    if not hasattr(model, "get_classifier"):
+        raise ValueError(f"{plugin} works on a timm classifier's pooled features: {type(model).__name__} has no "
+                         "get_classifier()")
+    classifier = model.get_classifier()
+    if isinstance(classifier, nn.Identity) or not isinstance(classifier, nn.Module):
+        raise ValueError(f"{plugin} needs a classifier; {type(model).__name__} has none (num_classes=0?)")
+    return classifier
+
+
+@torch.no_grad()
+def check_split_head(model: nn.Module, plugin: str) -> int:
+    """The plug-ins compute ``classifier(forward_head(features, pre_logits=True))``; make sure that equals the
+    model's own ``forward_head(features)`` (one small eval-mode forward) so that training and inference agree.
+    Returns the width of the pooled features."""
+    classifier = classifier_of(model, plugin)
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if fixed is not None:
+        size = (size[0], *fixed)
+    in_chans = getattr(model, "in_chans", None) or size[0]
+    param = next(model.parameters())
+    was = model.training
+    try:
+        model.eval()
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(2, in_chans, *size[1:], generator=generator).to(param)
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+        split = classifier(pooled)
+        whole = model.forward_head(features)
+    finally:
+        model.train(was)
+    # on the meta device (transformers builds models there before loading weights) only the shapes can be checked
+    differ = split.shape != whole.shape or (not param.is_meta and not torch.allclose(split, whole, rtol=1e-4,
+                                                                                     atol=1e-5))
+    if differ:
+        raise ValueError(f"{plugin} needs a head that is forward_head(x, pre_logits=True) followed by "
+                         f"get_classifier(); {type(model).__name__}'s is not ({type(classifier).__name__} gives "
+                         f"{tuple(split.shape)}, forward_head {tuple(whole.shape)})")
+    if pooled.dim() != 2:
+        raise ValueError(f"{plugin} needs pooled features (B, C) before the classifier; {type(model).__name__}'s "
+                         f"forward_head(pre_logits=True) gives {tuple(pooled.shape)}")
+    return int(pooled.shape[1])
+
+
+def remove_plugin(model: nn.Module, attribute: str) -> nn.Module:
+    """Take the plug-in stored at ``model.<attribute>`` off ``model`` in place (its forward hooks and pre-hooks too)
+    and return the model: the plain network, with exactly its original keys."""
+    plugin = getattr(model, attribute, None)
+    if not isinstance(plugin, nn.Module):
+        raise ValueError(f"{type(model).__name__} has no plug-in at `{attribute}`")
+    owned = {id(m) for m in plugin.modules()}
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key, hook in list(hooks.items()):
+                if id(getattr(hook, "__self__", None)) in owned:
+                    del hooks[key]
+    delattr(model, attribute)
+    return model
+
+
+def check_class_labels(labels: torch.Tensor, num_labels: int) -> None:
+    """Integer class labels must lie in ``[0, num_labels)``: a named error instead of an index error deep inside
+    the loss (or a device-side assert on a GPU)."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        return  # regression / multi-label targets: the loss checks them
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+        raise ValueError(f"`labels` must be class ids in [0, {num_labels - 1}] (num_labels={num_labels}), got values "
+                         f"from {int(labels.min())} to {int(labels.max())}")
+
+
+@torch.no_grad()
+def init_plugin_weights(module: nn.Module) -> None:
+    """``_init_weights`` of the plug-in models: PyTorch's own initialisation for every module (a pretrained backbone
+    is marked initialised and kept), timm's ``trunc_normal_(std=0.02)`` for a module's own tensors (a ViT's tokens)."""
+    if isinstance(module, nn.MultiheadAttention):
+        module._reset_parameters()              # its packed input projection (out_proj resets itself)
+    elif hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
+        module.reset_parameters()
+    else:
+        for p in module.parameters(recurse=False):
+            nn.init.trunc_normal_(p, std=0.02)
