@@ -19,7 +19,10 @@ FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian package `d
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 _FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                   "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-BUILTIN_DATASETS = ("fashion_mnist", "digits")
+BUILTIN_DATASETS = ("fashion_mnist", "fashion_mnist_lt", "digits")
+#: Fashion-MNIST-LT: the training split cut to CIFAR-LT's exponential profile with this imbalance (6,000 -> 60 images
+#: per class, classes in id order from head to tail); the test split stays balanced (1,000 per class)
+FASHION_MNIST_LT_IMBALANCE = 100
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -112,6 +115,21 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
     return ds.cast(_features(FASHION_MNIST_CLASSES))
 
 
+def load_fashion_mnist_lt(split: str = "train", imbalance: float = FASHION_MNIST_LT_IMBALANCE, seed: int = 0,
+                          data_dir: str | os.PathLike | None = None):
+    """Fashion-MNIST-LT: the training split long-tailed as CIFAR-10/100-LT are (class ``k`` keeps
+    ``round(6000 * imbalance ** (-k / 9))`` images, drawn with ``seed``: 6000, 3597, 2156, ..., 100, 60 at imbalance
+    100, 14,888 in all), the test split the balanced Fashion-MNIST test set. See
+    :func:`relzoo.data.sampling.long_tailed_indices`."""
+    from .sampling import long_tailed_indices
+
+    ds = load_fashion_mnist(split, data_dir)
+    if split != "train":
+        return ds
+    keep = long_tailed_indices(ds["label"], imbalance=imbalance, seed=seed)
+    return ds.select(keep)
+
+
 def load_digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0):
     """scikit-learn's bundled digits (1,797 8x8 images, 10 classes), split deterministically and stratified.
 
@@ -135,12 +153,14 @@ def load_image_dataset(name_or_path: str, split: str = "train"):
     """A classification dataset by name or path, as a ``Dataset`` with ``image`` and ``label`` columns.
 
     Args:
-        name_or_path: ``"fashion_mnist"``, ``"digits"``, a folder written by ``Dataset(Dict).save_to_disk``, or an
+        name_or_path: ``"fashion_mnist"``, ``"fashion_mnist_lt"`` (long-tailed training split), ``"digits"``, a folder written by ``Dataset(Dict).save_to_disk``, or an
             ``imagefolder`` root (``root/<split>/<class>/*.png`` or ``root/<class>/*.png``).
         split: split name (``"train"``, ``"test"``, ...).
     """
     if name_or_path in BUILTIN_DATASETS:
-        return load_fashion_mnist(split) if name_or_path == "fashion_mnist" else load_digits(split)
+        loader = {"fashion_mnist": load_fashion_mnist, "fashion_mnist_lt": load_fashion_mnist_lt,
+                  "digits": load_digits}[name_or_path]
+        return loader(split)
     path = Path(name_or_path)
     if not path.is_dir():
         raise ValueError(f"`dataset` must be one of {BUILTIN_DATASETS} or an existing folder (imagefolder root or "

@@ -13,13 +13,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .engine import TrainingEngine, make_accelerator, replicas_in_sync, report_skipped, write_json_atomic
+
+PLUGINS = ("none", "batchformer", "batchformer_v2", "apinet")
 
 
 @dataclass
@@ -74,6 +78,24 @@ class ClassifierTrainingArguments:
     stop_after_steps: int | None = field(
         default=None, metadata={"help": "quit after this step as if killed (no eval, no final save); to test resume"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
+    plugin: str = field(default="none", metadata={
+        "help": "training-only relation plug-in: none, batchformer (V1, before the classifier), batchformer_v2 (after "
+                "--plugin_after), apinet (pairs within class-balanced batches). Inference and the saved model are "
+                "the plain network"})
+    plugin_after: str | None = field(default=None, metadata={
+        "help": "batchformer_v2: comma-separated module names to insert after (default: the block two thirds deep "
+                "of a ViT, as the official DeiT's blocks.8 of 12; layer3 of a ResNet)"})
+    plugin_lr_scale: float = field(default=1.0, metadata={
+        "help": "learning rate of the plug-in's own parameters relative to --lr (BatchFormer's long-tail code: 0.1)"})
+    samples_per_class: int = field(default=4, metadata={
+        "help": "apinet: class-balanced batches of batch_size / samples_per_class classes x this many images "
+                "(official 30 x 4)"})
+    many_shot_above: int | None = field(default=None, metadata={
+        "help": "long-tail report: classes with more training images are many-shot (default 100 as the long-tail "
+                "papers; fashion_mnist_lt: 1200, CIFAR-100-LT's 100 of 500 scaled to 6000)"})
+    few_shot_below: int | None = field(default=None, metadata={
+        "help": "long-tail report: classes with fewer training images are few-shot (default 20; fashion_mnist_lt: "
+                "240)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +107,24 @@ class ClassifierTrainingArguments:
             raise ValueError(f"`schedule` must be cosine_epoch, cosine or constant, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.plugin not in PLUGINS:
+            raise ValueError(f"`plugin` must be one of {PLUGINS}, got {self.plugin!r}")
+        if self.plugin_after is not None and self.plugin != "batchformer_v2":
+            raise ValueError(f"`plugin_after` is for --plugin batchformer_v2, got it with --plugin {self.plugin}")
+        if not (math.isfinite(self.plugin_lr_scale) and self.plugin_lr_scale > 0):
+            raise ValueError(f"`plugin_lr_scale` must be a positive number, got {self.plugin_lr_scale!r}")
+        if self.plugin == "apinet":
+            if isinstance(self.samples_per_class, bool) or not isinstance(self.samples_per_class, int) or \
+                    self.samples_per_class < 2:
+                raise ValueError(f"`samples_per_class` must be an int >= 2 (API-Net needs a same-class partner), got "
+                                 f"{self.samples_per_class!r}")
+            if self.batch_size % self.samples_per_class or self.batch_size // self.samples_per_class < 2:
+                raise ValueError(f"`batch_size` must be a multiple of samples_per_class={self.samples_per_class} "
+                                 f"covering at least 2 classes for --plugin apinet, got {self.batch_size}")
+        for name in ("many_shot_above", "few_shot_below"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"`{name}` must be an int >= 0 or None (default), got {value!r}")
         if self.in_chans not in (1, 3):
             raise ValueError(f"`in_chans` must be 1 or 3, got {self.in_chans}")
         at_least = {"batch_size": 1, "eval_batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1,
@@ -157,6 +197,7 @@ def evaluate(model, dataloader, accelerator, skipped: set | None = None) -> dict
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
+    per_class: dict[int, list[int]] = {}
     with torch.no_grad():
         for batch in dataloader:
             if skipped is not None:
@@ -167,11 +208,93 @@ def evaluate(model, dataloader, accelerator, skipped: set | None = None) -> dict
             logits, labels = logits[labels >= 0], labels[labels >= 0]
             top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             correct1 += (top[:, 0] == labels).sum().item()
+            for c, hit in zip(labels.tolist(), (top[:, 0] == labels).tolist()):
+                per_class.setdefault(c, [0, 0])[hit] += 1
             correct5 += (top == labels[:, None]).any(dim=-1).sum().item()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             total += labels.numel()
     return {"top1": correct1 / max(total, 1), "top5": correct5 / max(total, 1), "eval_loss": loss_sum / max(total, 1),
-            "eval_samples": total}
+            "eval_samples": total,
+            "per_class_top1": {c: hits / (hits + misses) for c, (misses, hits) in sorted(per_class.items())}}
+
+
+def shot_group_accuracy(per_class_top1: dict, train_counts: dict, many: int, few: int) -> dict:
+    """Long-tail report: mean per-class top-1 over the many-shot (more than ``many`` training images), medium and
+    few-shot (fewer than ``few``) classes, as the long-tail papers give it (None for an empty group), and the
+    groups themselves."""
+    from ..data.sampling import shot_groups
+
+    groups = shot_groups(train_counts, many=many, few=few)
+    report = {"shot_groups": groups, "shot_thresholds": {"many_above": many, "few_below": few}}
+    for name, classes in groups.items():
+        scores = [per_class_top1[c] for c in classes if c in per_class_top1]
+        report[f"{name}_top1"] = sum(scores) / len(scores) if scores else None
+    return report
+
+
+class ClassifierTrainingModule(torch.nn.Module):
+    """What the trainer prepares (DDP wraps it, so every loss is computed inside one forward): ``net``, the timm
+    model, with its training-only plug-in if any. ``forward(pixel_values)`` -> ``net``'s logits;
+    ``forward(pixel_values, labels)`` -> the training loss: ``loss_fn`` on the logits (BatchFormer: over both
+    streams, labels duplicated) or API-Net's pair loss with ``loss_fn`` as its cross-entropy."""
+
+    def __init__(self, net: torch.nn.Module, plugin: str, loss_fn):
+        super().__init__()
+        self.net, self.plugin, self.loss_fn = net, plugin, loss_fn
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            return self.net(pixel_values)
+        if self.plugin == "apinet":
+            from ..models.apinet import apinet_training_loss
+
+            return apinet_training_loss(self.net, pixel_values, labels, self.loss_fn).loss
+        from ..models.batchformer import batchformer_targets
+
+        return self.loss_fn(self.net(pixel_values), batchformer_targets(self.net, labels))
+
+    def plain_network(self) -> torch.nn.Module:
+        """A copy of ``net`` without the plug-in: the inference network, with exactly the timm model's keys."""
+        import copy
+
+        from ..models.apinet import remove_apinet
+        from ..models.batchformer import remove_batchformer
+
+        net = copy.deepcopy(self.net)
+        if self.plugin == "apinet":
+            return remove_apinet(net)
+        return remove_batchformer(net) if self.plugin.startswith("batchformer") else net
+
+    def plugin_parameters(self) -> list[torch.nn.Parameter]:
+        module = getattr(self.net, {"apinet": "apinet"}.get(self.plugin, "batchformer"), None)
+        return [] if module is None or self.plugin == "none" else list(module.parameters())
+
+
+def default_plugin_after(model: torch.nn.Module) -> list[str]:
+    """BatchFormer V2's default insertion point: the block two thirds deep of a ViT (official DeiT: 8 of 12),
+    ``layer3`` of a ResNet; other models must name one (``--plugin_after``)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, torch.nn.Sequential) and len(blocks) > 0:
+        return [f"blocks.{min(2 * len(blocks) // 3, len(blocks) - 1)}"]
+    if hasattr(model, "layer3"):
+        return ["layer3"]
+    raise ValueError(f"`plugin_after`: no default insertion point for {type(model).__name__}; name module(s) of "
+                     "model.named_modules(), e.g. --plugin_after stages.2")
+
+
+def add_plugin(model: torch.nn.Module, args: ClassifierTrainingArguments) -> torch.nn.Module:
+    """The plug-in named by ``args.plugin`` added to ``model`` in place."""
+    from ..models.apinet import add_apinet
+    from ..models.batchformer import add_batchformer
+
+    if args.plugin == "batchformer":
+        return add_batchformer(model, version=1)
+    if args.plugin == "batchformer_v2":
+        after = args.plugin_after.split(",") if args.plugin_after else default_plugin_after(model)
+        return add_batchformer(model, version=2, after=[a.strip() for a in after])
+    if args.plugin == "apinet":
+        return add_apinet(model)
+    return model
 
 
 def resolve_model_kwargs(args: ClassifierTrainingArguments) -> dict:
@@ -211,6 +334,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     import relzoo  # noqa: F401  (registers relzoo models with timm)
 
     from ..data import TransformedImageDataset, build_transform, class_names, collate_images, load_image_dataset
+    from ..data.sampling import ClassBalancedBatchSampler
     from ..hub import save_hub_folder
 
     args.validate()
@@ -229,18 +353,35 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     mean, std = data_cfg["mean"], data_cfg["std"]
     if args.in_chans == 1 and len(mean) == 3:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    module = ClassifierTrainingModule(add_plugin(model, args), args.plugin,
+                                      partial(smoothed_cross_entropy, eps=args.label_smoothing))
     train_ds = TransformedImageDataset(
         train_hf, build_transform(args.image_size, True, mean, std, hflip=args.hflip, scale=(args.crop_scale_min, 1.0)),
         args.in_chans, seed=args.seed, skip_unreadable=args.skip_unreadable_images)
     eval_ds = TransformedImageDataset(eval_hf, build_transform(args.image_size, False, mean, std, crop_pct=args.crop_pct),
                                       args.in_chans, skip_unreadable=args.skip_unreadable_images, mask_skipped=True)
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                           num_workers=args.num_workers, collate_fn=collate_images)
+    train_labels = list(train_hf["label"])
+    epoch_hooks: list = [train_ds]
+    if args.plugin == "apinet":  # n classes x n images per batch, so that every image has both partners
+        sampler = ClassBalancedBatchSampler(train_labels, args.batch_size // args.samples_per_class,
+                                            args.samples_per_class, seed=args.seed)
+        epoch_hooks.append(sampler)
+        batching = dict(batch_sampler=sampler)
+    else:
+        batching = dict(batch_size=args.batch_size, shuffle=True, drop_last=True)
+    # the loader's own generator: starting an iterator draws a seed, which must not come from the global RNG (that of
+    # dropout and drop-path), else a resumed run (a new iterator mid-epoch) would draw different masks
+    train_dl = torch.utils.data.DataLoader(train_ds, **batching, num_workers=args.num_workers,
+                                           collate_fn=collate_images, generator=torch.Generator().manual_seed(args.seed))
     eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=args.eval_batch_size, num_workers=args.num_workers,
                                           collate_fn=collate_images)
     lr = args.lr if args.lr is not None else 0.1 * args.batch_size * accelerator.num_processes / 256
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    extra = {id(p) for p in module.plugin_parameters()}
+    groups = [{"params": [p for p in module.parameters() if id(p) not in extra], "lr": lr}]
+    if extra:
+        groups.append({"params": module.plugin_parameters(), "lr": lr * args.plugin_lr_scale})
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(module, optimizer, train_dl, eval_dl)
     steps_per_epoch = len(train_dl)
     if steps_per_epoch == 0:
         raise ValueError(f"`batch_size` {args.batch_size} x {accelerator.num_processes} processes is larger than the "
@@ -253,14 +394,17 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     run = {"model": args.model, "model_kwargs": resolve_model_kwargs(args), "in_chans": args.in_chans,
            "num_classes": len(names), "dataset": args.dataset, "train_split": args.train_split,
            "train_samples": args.train_samples, "seed": args.seed, "batch_size": args.batch_size,
-           "num_processes": accelerator.num_processes}
+           "num_processes": accelerator.num_processes, "plugin": args.plugin}
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total_steps,
                             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                             keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
-                            epoch_hooks=[train_ds])
+                            epoch_hooks=epoch_hooks)
     if args.resume:
         engine.resume()
-    accelerator.print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
+    n_plugin = sum(p.numel() for p in module.plugin_parameters())
+    n_net = sum(p.numel() for p in module.parameters()) - n_plugin
+    plugin_note = "" if args.plugin == "none" else f" + {args.plugin} ({n_plugin:,} training-only)"
+    accelerator.print(f"{args.model}: {n_net:,} parameters{plugin_note} | "
                       f"{len(train_ds)} train / {len(eval_ds)} eval samples | {accelerator.num_processes} process(es) "
                       f"({accelerator.distributed_type}) | {steps_per_epoch} steps/epoch, {total_steps} steps")
     skipped = set()
@@ -268,10 +412,9 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     def step(batch):
         skipped.update(batch["skipped"])
         with accelerator.autocast():
-            logits = model(batch["pixel_values"])
-        return smoothed_cross_entropy(logits, batch["labels"], args.label_smoothing)
+            return model(batch["pixel_values"], batch["labels"])
 
-    summary = {"model": args.model, "dataset": args.dataset, **engine.fit(step), "lr": lr}
+    summary = {"model": args.model, "dataset": args.dataset, "plugin": args.plugin, **engine.fit(step), "lr": lr}
     train_time = summary["train_time_s"]
     if summary.get("interrupted"):
         return summary
@@ -282,14 +425,23 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
         summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
     summary.update(metrics)
+    lt = args.dataset == "fashion_mnist_lt"
+    many = args.many_shot_above if args.many_shot_above is not None else (1200 if lt else 100)
+    few = args.few_shot_below if args.few_shot_below is not None else (240 if lt else 20)
+    summary["train_class_counts"] = dict(sorted(Counter(train_labels).items()))
+    summary.update(shot_group_accuracy(metrics["per_class_top1"], summary["train_class_counts"], many, few))
     summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
     accelerator.print(f"eval on {metrics['eval_samples']} {args.eval_split} images: top-1 {metrics['top1']:.4f} "
                       f"top-5 {metrics['top5']:.4f} loss {metrics['eval_loss']:.4f} ({train_time:.0f} s training)")
+    if sum(bool(v) for v in summary["shot_groups"].values()) > 1:
+        accelerator.print("per-class-mean top-1 by training images: " + ", ".join(
+            f"{g} ({len(summary['shot_groups'][g])} classes) {summary[g + '_top1']:.4f}"
+            for g in ("many", "medium", "few") if summary["shot_groups"][g]))
     if accelerator.is_main_process:
         if args.save_model:
             dataset_name = args.dataset if "/" not in args.dataset else Path(args.dataset).name
             folder = save_hub_folder(
-                accelerator.unwrap_model(model), out_dir / "model", class_names=names, image_size=args.image_size,
+                accelerator.unwrap_model(model).plain_network(), out_dir / "model", class_names=names, image_size=args.image_size,
                 crop_pct=args.crop_pct, mean=mean, std=std, model_id=f"{args.model}-{dataset_name}",
                 dataset=dataset_name, metrics={k: metrics[k] for k in ("top1", "top5")},
                 training=dataclasses.asdict(args))
