@@ -7,6 +7,8 @@
     python scripts/benchmark.py ctx              # CrossTransformers head and whole episodes, fast vs reference
     python scripts/benchmark.py hsnet            # centre-pivot vs dense 4D conv; HSNet-ResNet50 episodes vs the
                                                  # official computation order (about 5 minutes on 2 CPU cores)
+    python scripts/benchmark.py plugins          # training step and inference with / without BatchFormer V1, V2 and
+                                                 # API-Net, resnet18 and deit_tiny, batch 64 (about 10 minutes)
 
 Times are medians over interleaved repeats (candidate and reference alternate, so drift hits both alike).
 Peak memory is the high-water mark of tensor allocations recorded by the PyTorch profiler (CPU or GPU), relative
@@ -488,9 +490,87 @@ def hsnet_markdown(conv: list[dict], model: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+PLUGIN_MODELS = {"resnet18": "layer3", "deit_tiny_patch16_224": "blocks.8"}   # V2 insertion: trainer default, DeiT's
+
+
+def bench_plugins(device, repeats: int, quick: bool) -> list[dict]:
+    """One SGD training step (forward, loss, backward, update) and one inference forward of each model plainly and
+    with each plug-in, batch 64 at 224 px (quick: batch 8 at 32 px): time and peak memory as ratios to the plain
+    network measured in the same interleaved rounds; inference outputs compared bit for bit."""
+    import copy
+
+    import timm
+    import torch.nn.functional as F
+
+    from relzoo import add_apinet, add_batchformer, apinet_training_loss, batchformer_targets
+
+    batch, size, classes = (8, 32, 4) if quick else (64, 224, 16)
+    labels = (torch.arange(batch) // 4 % classes).to(device)          # API-Net's balanced batch: classes x 4
+    rows = []
+    for name, after in PLUGIN_MODELS.items():
+        torch.manual_seed(0)
+        kwargs = dict(img_size=size) if "deit" in name else {}
+        plain = timm.create_model(name, num_classes=classes, **kwargs).to(device)
+        variants = {"plain": plain,
+                    "BatchFormer V1": add_batchformer(copy.deepcopy(plain), version=1),
+                    f"BatchFormerV2 after {after}": add_batchformer(copy.deepcopy(plain), version=2, after=[after]),
+                    "API-Net": add_apinet(copy.deepcopy(plain))}
+        optimizers = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in variants.items()}
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+
+        def train_step(key):
+            model, opt = variants[key], optimizers[key]
+            model.train()
+            if key == "API-Net":
+                loss = apinet_training_loss(model, x, labels).loss
+            else:
+                loss = F.cross_entropy(model(x), batchformer_targets(model, labels))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def infer(key):
+            model = variants[key].eval()
+            with torch.no_grad():
+                return model(x)
+
+        train_fns = {k: (lambda k=k: train_step(k)) for k in variants}
+        infer_fns = {k: (lambda k=k: infer(k)) for k in variants}
+        train_t = timed_medians(train_fns, repeats, _sync(device))
+        infer_t = timed_medians(infer_fns, repeats, _sync(device))
+        train_mem = {k: peak_memory_bytes(f) for k, f in train_fns.items()}
+        infer_mem = {k: peak_memory_bytes(f) for k, f in infer_fns.items()}
+        # the same weights for the bit-for-bit check (training moved each copy differently)
+        state = {k: v for k, v in plain.state_dict().items()}
+        reference = infer("plain")
+        for key, model in variants.items():
+            model.load_state_dict(state, strict=False)
+            extra = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in ("batchformer", "apinet"))
+            rows.append(dict(model=name, plugin=key, batch=batch, size=size, plugin_params=extra,
+                             train_ms=train_t[key] * 1e3, train_ratio=train_t[key] / train_t["plain"],
+                             train_peak_mib=train_mem[key] / 2**20, train_mem_ratio=train_mem[key] / train_mem["plain"],
+                             infer_ms=infer_t[key] * 1e3, infer_ratio=infer_t[key] / infer_t["plain"],
+                             infer_peak_mib=infer_mem[key] / 2**20,
+                             identical_inference=bool(torch.equal(infer(key), reference))))
+    return rows
+
+
+def plugins_markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Plug-ins | {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | batch "
+             f"{rows[0]['batch']} at {rows[0]['size']} px | medians of {meta['repeats']} interleaved repeats", "",
+             "| model | plug-in | extra params (training only) | train step ms | train vs plain | train peak MiB | "
+             "train memory vs plain | inference ms | inference vs plain | inference bit-identical |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['model']} | {r['plugin']} | {r['plugin_params']:,} | {r['train_ms']:.0f} | "
+              f"{100 * (r['train_ratio'] - 1):+.1f} % | {r['train_peak_mib']:.0f} | "
+              f"{100 * (r['train_mem_ratio'] - 1):+.1f} % | {r['infer_ms']:.0f} | "
+              f"{100 * (r['infer_ratio'] - 1):+.1f} % | {'yes' if r['identical_inference'] else 'NO'} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="relzoo benchmarks (ratios against references in the same run)")
-    parser.add_argument("family", choices=["san", "ctx", "hsnet"], help="which family to benchmark")
+    parser.add_argument("family", choices=["san", "ctx", "hsnet", "plugins"], help="which family to benchmark")
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks the script, not the speed")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 7, quick 1)")
     parser.add_argument("--train_repeats", type=int, default=None, help="training-step repeats (default 3, quick 1)")
@@ -516,6 +596,14 @@ def main(argv=None) -> dict:
             with open(args.json, "w") as f:
                 json.dump(dict(meta=meta, compile=rows), f, indent=2)
         return dict(meta=meta, compile=rows)
+    if args.family == "plugins":
+        meta["repeats"] = min(repeats, 5)
+        result = dict(meta=meta, plugins=bench_plugins(device, meta["repeats"], args.quick))
+        print(plugins_markdown(result["plugins"], meta))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return result
     if args.family == "hsnet":
         result = dict(meta=meta, conv=bench_hsnet_conv(device, min(repeats, 3), args.quick),
                       model=bench_hsnet_model(device, min(repeats, 3), args.quick))

@@ -85,8 +85,11 @@ def test_bad_calls_are_named():
     model = timm.create_model("resnet18", num_classes=3)
     with pytest.raises(ValueError, match="has no API-Net plug-in"):
         apinet_training_loss(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 0, 1, 1]))
-    with pytest.raises(ValueError, match="has none"):
-        add_apinet(timm.create_model("resnet18", num_classes=0))
+    headless = add_apinet(timm.create_model("resnet18", num_classes=0))   # waits for reset_classifier()
+    with pytest.raises(ValueError, match="API-Net needs a classifier; ResNet has none"):
+        apinet_training_loss(headless, torch.randn(4, 3, 32, 32), torch.tensor([0, 0, 1, 1]))
+    headless.reset_classifier(2)
+    assert apinet_training_loss(headless, torch.randn(4, 3, 32, 32), torch.tensor([0, 0, 1, 1])).loss.isfinite()
     add_apinet(model)
     with pytest.raises(ValueError, match="already has an API-Net"):
         add_apinet(model)

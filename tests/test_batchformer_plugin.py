@@ -85,8 +85,8 @@ def test_bad_calls_are_named():
         add_batchformer(model, version=3)
     with pytest.raises(ValueError, match="different channel counts"):
         add_batchformer(model, version=2, after=["layer2", "layer3"])
-    with pytest.raises(ValueError, match="has none"):
-        add_batchformer(timm.create_model("resnet18", num_classes=0), version=1)
+    with pytest.raises(ValueError, match="has no get_classifier"):
+        add_batchformer(torch.nn.Conv2d(3, 3, 1), version=1)
     add_batchformer(model)
     with pytest.raises(ValueError, match="already has a BatchFormer"):
         add_batchformer(model)
@@ -131,3 +131,17 @@ def test_remove_batchformer_gives_back_the_plain_network(version, after):
     assert torch.equal(model(x), plain(x))
     with pytest.raises(ValueError, match="has no BatchFormer plug-in"):
         remove_batchformer(model)
+
+
+def test_v1_follows_reset_classifier_and_waits_on_a_headless_model():
+    torch.manual_seed(0)
+    model = add_batchformer(timm.create_model("resnet18", num_classes=5), version=1)
+    x = torch.randn(3, 3, 32, 32)
+    model.reset_classifier(7)                                           # a new classifier module
+    assert model.train()(x).shape == (6, 7)                             # BatchFormer still in front of it
+    model.reset_classifier(0)
+    assert model(x).shape == (3, 512)                                   # headless: nothing to do
+    headless = add_batchformer(timm.create_model("resnet18", num_classes=0), version=1)
+    assert headless.batchformer.module.dim == 512 and headless.train()(x).shape == (3, 512)
+    headless.reset_classifier(4)
+    assert headless(x).shape == (6, 4)

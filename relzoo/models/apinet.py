@@ -28,7 +28,14 @@ from ..layers.apinet import MutualVector, apinet_loss, attentive_features, check
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
-from .plugins import check_class_labels, check_split_head, classifier_of, init_plugin_weights, remove_plugin
+from .plugins import (
+    check_class_labels,
+    check_split_head,
+    classifier_of,
+    init_plugin_weights,
+    pooled_width,
+    remove_plugin,
+)
 
 __all__ = ["APINetConfig", "APINetForImageClassification", "APINetLoss", "APINetPlugin", "APINetPreTrainedModel",
            "add_apinet", "apinet_training_loss", "has_apinet", "remove_apinet"]
@@ -87,7 +94,11 @@ def add_apinet(model: nn.Module, hidden: int = 512, dropout: float = 0.5, margin
     if hasattr(model, "apinet"):
         raise ValueError(f"{type(model).__name__} already has an API-Net plug-in (model.apinet)")
     _check_positive("hidden", hidden, integer=True)
-    dim = check_split_head(model, "API-Net")
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, nn.Module) and not isinstance(classifier, nn.Identity):
+        dim = check_split_head(model, "API-Net")
+    else:   # headless: training needs a classifier (apinet_training_loss says so), reset_classifier() gives one
+        dim = pooled_width(model, "API-Net")
     plugin = APINetPlugin(dim, hidden, dropout, margin, rank_weight)
     param = next(model.parameters())
     model.apinet = plugin.to(device=param.device, dtype=param.dtype)

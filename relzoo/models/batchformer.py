@@ -24,7 +24,7 @@ from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
-from .plugins import check_class_labels, check_split_head, classifier_of, init_plugin_weights, remove_plugin
+from .plugins import check_class_labels, check_split_head, init_plugin_weights, pooled_width, remove_plugin
 
 __all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPlugin", "BatchFormerPreTrainedModel",
            "add_batchformer", "batchformer_targets", "has_batchformer", "remove_batchformer"]
@@ -45,6 +45,19 @@ class BatchFormerPlugin(nn.Module):
             return None
         x = args[0]
         return (torch.cat([x, self.module(x)], dim=0), *args[1:])
+
+    def hook_classifier(self, model: nn.Module) -> None:
+        """V1: make sure the classifier the model has now carries :meth:`classifier_pre_hook` (``reset_classifier``
+        replaces the classifier; a headless model has none, and V1 then waits for one)."""
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if not isinstance(classifier, nn.Module) or isinstance(classifier, nn.Identity):
+            return
+        if not any(getattr(h, "__self__", None) is self for h in classifier._forward_pre_hooks.values()):
+            classifier.register_forward_pre_hook(self.classifier_pre_hook)
+
+    def model_pre_hook(self, model: nn.Module, args: tuple) -> None:
+        """V1, on the model's own forward: :meth:`hook_classifier` first."""
+        self.hook_classifier(model)
 
     def make_insertion_hook(self, index: int):
         return self.insertions[index].after_hook
@@ -94,7 +107,8 @@ def add_batchformer(model: nn.Module, version: int = 1, after: list[str] | str |
     """Add BatchFormer to a timm model in place and return it (see the module doc).
 
     Args:
-        model: a timm model (V1: a classifier, ``get_classifier()`` not Identity).
+        model: a timm model. V1 acts in front of whatever ``get_classifier()`` is at each forward (it follows
+            ``reset_classifier``; while the model is headless it does nothing).
         version: 1 (before the classifier, on pooled features) or 2 (after the modules named in ``after``).
         after: V2 only: module names (``model.named_modules()``), in forward order; all must output features with
             the same channel count (one BatchFormer is shared by all insertion points, as in the official DeiT code).
@@ -107,11 +121,12 @@ def add_batchformer(model: nn.Module, version: int = 1, after: list[str] | str |
     if version == 1:
         if after is not None:
             raise ValueError(f"`after` is for version 2 (V1 always sits in front of the classifier), got {after!r}")
-        classifier = classifier_of(model, "BatchFormer V1")
-        dim = getattr(classifier, "in_features", None) or getattr(model, "num_features", None)
-        plugin = BatchFormerPlugin(BatchFormer(int(dim), num_heads, dim_feedforward, dropout), 1, [])
+        dim = pooled_width(model, "BatchFormer V1")
+        plugin = BatchFormerPlugin(BatchFormer(dim, num_heads, dim_feedforward, dropout), 1, [])
+        plugin.to(next(model.parameters()).device)
         model.batchformer = plugin
-        classifier.register_forward_pre_hook(plugin.classifier_pre_hook)
+        model.register_forward_pre_hook(plugin.model_pre_hook)     # follows reset_classifier()
+        plugin.hook_classifier(model)
         return model
     names = [after] if isinstance(after, str) else list(after or [])
     if not names:
@@ -231,6 +246,8 @@ class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
         net = self.classifier
         plain_features, features = _plain_stream(net.forward_features(pixel_values), batch)
         plain_pooled, pooled = _plain_stream(net.forward_head(features, pre_logits=True), batch)
+        if self.config.version == 1:
+            net.batchformer.hook_classifier(net)
         streams = net.get_classifier()(pooled)                                  # (2B, classes) in training
         loss = None
         if labels is not None:

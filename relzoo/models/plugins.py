@@ -7,7 +7,20 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-__all__ = ["check_class_labels", "check_split_head", "classifier_of", "init_plugin_weights", "remove_plugin"]
+__all__ = ["check_class_labels", "check_split_head", "classifier_of", "init_plugin_weights", "pooled_width",
+           "remove_plugin"]
+
+
+def pooled_width(model: nn.Module, plugin: str) -> int:
+    """Width of the pooled features that reach the classifier: the classifier's ``in_features`` when there is one,
+    else timm's ``head_hidden_size`` / ``num_features`` (a headless model)."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    for width in (getattr(classifier, "in_features", None), getattr(model, "head_hidden_size", None),
+                  getattr(model, "num_features", None)):
+        if isinstance(width, int) and width > 0:
+            return width
+    raise ValueError(f"{plugin} works on a timm classifier's pooled features: {type(model).__name__} has no "
+                     "get_classifier(), head_hidden_size or num_features")
 
 
 def classifier_of(model: nn.Module, plugin: str) -> nn.Module:

@@ -51,13 +51,12 @@ def _has_forward_intermediates(name: str) -> bool:
     return callable(getattr(model, "forward_intermediates", None))
 
 
-def _restricted_listing(real_list_models, real_list_pretrained):
-    """``list_models`` / ``list_pretrained`` that answer as timm would, but only with relzoo's architectures.
+def _restricted_listing(real_list_models, real_list_pretrained, ours: set[str]):
+    """``list_models`` / ``list_pretrained`` that answer as timm would, but only with the architectures ``ours``.
 
     ``module=`` names timm's own families (test_models.py passes the families that implement
     ``forward_intermediates``); for relzoo it selects the architectures that implement it.
     """
-    ours = set(relzoo_timm_models())
 
     def list_models(filter="", module="", pretrained=False, exclude_filters="", name_matches_cfg=False,
                     include_tags=None):
@@ -83,23 +82,28 @@ def _import_file(name: str, path: Path) -> types.ModuleType:
     return module
 
 
-def load_timm_model_tests(not_applicable: dict[str, str]) -> dict:
-    """timm's ``tests/test_models.py`` imported with ``list_models``/``list_pretrained`` answering only relzoo
-    architectures. Returns the namespace to expose to pytest: every test parametrised over "every model" (the
+def load_timm_model_tests(not_applicable: dict[str, str], models: list[str] | None = None,
+                          not_applicable_cases: dict[tuple[str, str], str] | None = None,
+                          module_name: str = "timm_upstream_test_models") -> dict:
+    """timm's ``tests/test_models.py`` imported with ``list_models``/``list_pretrained`` answering only ``models``
+    (default: every relzoo architecture). Returns the namespace to expose to pytest: every test parametrised over "every model" (the
     ones that name timm models explicitly test timm's own code and are left out) and the fixtures they use.
 
     A generic test that selects no relzoo model must be explained in ``not_applicable`` (test name -> reason);
     it is then collected as a skipped test with that reason. An explanation for a test that does select relzoo
-    models is an error: it would hide a test that applies.
+    models is an error: it would hide a test that applies. ``not_applicable_cases`` skips one model in one test
+    ``{(test name, model): reason}``; an entry that names no selected case is an error too.
     """
     real = timm.list_models, timm.list_pretrained
-    timm.list_models, timm.list_pretrained = _restricted_listing(*real)
+    ours = set(models if models is not None else relzoo_timm_models())
+    timm.list_models, timm.list_pretrained = _restricted_listing(*real, ours)
     try:
-        suite = _import_file("timm_upstream_test_models", suite_dir("timm") / "test_models.py")
+        suite = _import_file(module_name, suite_dir("timm") / "test_models.py")
     finally:
         timm.list_models, timm.list_pretrained = real
     import pytest
 
+    cases = dict(not_applicable_cases or {})
     exposed: dict = {}
     for name, obj in vars(suite).items():
         if hasattr(obj, "_fixture_function_marker") or type(obj).__name__ == "FixtureFunctionDefinition":
@@ -116,6 +120,11 @@ def load_timm_model_tests(not_applicable: dict[str, str]) -> dict:
                 raise RuntimeError(f"timm's {name} runs on relzoo models {sorted(set().union(*lists))}; "
                                    "remove its entry from the harness's not-applicable list")
             exposed[name] = obj
+            for selected in lists:
+                for i, model in enumerate(selected):
+                    reason = cases.pop((name, model), None)
+                    if reason is not None:
+                        selected[i] = pytest.param(model, marks=pytest.mark.skip(reason=reason), id=model)
         else:
             if name not in not_applicable:
                 raise RuntimeError(f"timm's {name} selects no relzoo model: say why in the harness's not-applicable "
@@ -124,6 +133,8 @@ def load_timm_model_tests(not_applicable: dict[str, str]) -> dict:
     missing = set(not_applicable) - set(exposed)
     if missing:
         raise RuntimeError(f"not-applicable entries name no test of timm {version('timm')}: {sorted(missing)}")
+    if cases:
+        raise RuntimeError(f"not-applicable cases select nothing in timm {version('timm')}'s suite: {sorted(cases)}")
     return exposed
 
 
