@@ -56,3 +56,17 @@ def test_benchmark_hsnet_quick_runs():
     assert conv["max_abs_diff"] < 1e-4 and conv["speedup"] > 0 and conv["cp_peak_mib"] > 0
     assert [r["shots"] for r in result["model"]] == [1, 5]
     assert all(r["same_prediction"] and r["max_abs_logit_diff"] < 1e-4 for r in result["model"])
+
+
+@pytest.mark.slow
+def test_benchmark_plugins_quick_runs():
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    rows = main(["plugins", "--quick"])["plugins"]
+    assert [(r["model"], r["plugin"].split(" after")[0]) for r in rows] == [
+        (m, p) for m in ("resnet18", "deit_tiny_patch16_224")
+        for p in ("plain", "BatchFormer V1", "BatchFormerV2", "API-Net")]
+    assert all(r["identical_inference"] for r in rows)              # zero inference change, measured on the outputs
+    assert all(r["train_ms"] > 0 and r["train_peak_mib"] > 0 for r in rows)
+    assert [r["plugin_params"] > 0 for r in rows] == [False, True, True, True] * 2
