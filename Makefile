@@ -9,7 +9,8 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo demo-san demo-hsnet test test-fast lint bench bench-ctx bench-hsnet fewshot-table fashion-mnist clean
+.PHONY: install demo demo-san demo-hsnet test test-fast lint bench bench-ctx bench-hsnet bench-plugins fewshot-table \
+	plugin-table fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ demo-hsnet: install fashion-mnist
 fewshot-table: install fashion-mnist
 	$(PY) scripts/fewshot_table.py --output_dir outputs/fewshot_table
 
+# baseline vs BatchFormer V1 / V2 on Fashion-MNIST-LT, baseline vs API-Net on Fashion-MNIST (same budget and seed)
+plugin-table: install fashion-mnist
+	$(PY) scripts/plugin_table.py --output_dir outputs/plugin_table
+
 lint: install
 	$(PY) -m ruff check relzoo scripts tests
 
@@ -59,6 +64,9 @@ bench-ctx: install
 
 bench-hsnet: install
 	$(PY) scripts/benchmark.py hsnet
+
+bench-plugins: install
+	$(PY) scripts/benchmark.py plugins
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -518,7 +518,7 @@ def bench_plugins(device, repeats: int, quick: bool) -> list[dict]:
         optimizers = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in variants.items()}
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
 
-        def train_step(key):
+        def train_step(key, variants=variants, optimizers=optimizers, x=x):
             model, opt = variants[key], optimizers[key]
             model.train()
             if key == "API-Net":
@@ -529,7 +529,7 @@ def bench_plugins(device, repeats: int, quick: bool) -> list[dict]:
             loss.backward()
             opt.step()
 
-        def infer(key):
+        def infer(key, variants=variants, x=x):
             model = variants[key].eval()
             with torch.no_grad():
                 return model(x)

@@ -7,6 +7,8 @@ OUTPUT/table.json.
     python scripts/plugin_table.py --output_dir outputs/plugin_table [--rows 0,1] [--name=value ...]
 
 ``--name=value`` pairs are passed on to every run (``ClassifierTrainingArguments``); rows fix the dataset and plug-in.
+Rows already in OUTPUT/table.json with the same arguments are kept, not run again (so an interrupted table
+continues where it stopped, and ``--rows`` can add or redo rows).
 """
 import argparse
 import json
@@ -49,19 +51,24 @@ def main(argv=None) -> str:
         name, _, value = item.removeprefix("--").partition("=")
         overrides[name] = _value(value)
     out = Path(known.output_dir)
-    results = []
+    done = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else []
+    results = {r["row"]: r for r in done if "row" in r}
     for i in map(int, known.rows.split(",")):
         dataset, name, setting = ROWS[i]
         arguments = {**COMMON, **setting, **overrides}
+        if i in results and results[i]["arguments"] == arguments:
+            print(f"row {i} ({dataset}, {name}): kept from {out / 'table.json'}")
+            continue
         summary = train_classifier(ClassifierTrainingArguments(**arguments, output_dir=str(out / f"row{i}"),
                                                                save_model=False))
         per_class = summary["per_class_top1"]
         confusable = [per_class[c] for c in CONFUSABLE if c in per_class]
-        results.append({"dataset": dataset, "method": name, "arguments": arguments, "top1": summary["top1"],
-                        "many": summary["many_top1"], "medium": summary["medium_top1"], "few": summary["few_top1"],
-                        "confusable": sum(confusable) / len(confusable), "per_class_top1": per_class,
-                        "steps": summary["steps"], "train_time_s": summary["train_time_s"]})
-        write_json_atomic(out / "table.json", results)                  # after every row: nothing lost
+        results[i] = {"row": i, "dataset": dataset, "method": name, "arguments": arguments, "top1": summary["top1"],
+                      "many": summary["many_top1"], "medium": summary["medium_top1"], "few": summary["few_top1"],
+                      "confusable": sum(confusable) / len(confusable), "per_class_top1": per_class,
+                      "steps": summary["steps"], "train_time_s": summary["train_time_s"]}
+        write_json_atomic(out / "table.json", [results[k] for k in sorted(results)])   # after every row
+    results = [results[k] for k in sorted(results)]
     lines = ["| dataset | method | top-1 | many | medium | few | T-shirt/Pullover/Coat/Shirt | steps | train time |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:

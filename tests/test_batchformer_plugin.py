@@ -145,3 +145,11 @@ def test_v1_follows_reset_classifier_and_waits_on_a_headless_model():
     assert headless.batchformer.module.dim == 512 and headless.train()(x).shape == (3, 512)
     headless.reset_classifier(4)
     assert headless(x).shape == (6, 4)
+
+
+def test_grey_models_are_probed_with_their_own_channels():
+    from relzoo import add_apinet
+
+    grey = add_batchformer(timm.create_model("resnet18", num_classes=3, in_chans=1), version=2, after="layer3")
+    assert grey.batchformer.module.dim == 256 and grey.train()(torch.randn(2, 1, 32, 32)).shape == (4, 3)
+    assert add_apinet(timm.create_model("resnet18", num_classes=3, in_chans=1)).apinet.mutual.map2.out_features == 512

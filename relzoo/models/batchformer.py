@@ -24,7 +24,7 @@ from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
-from .plugins import check_class_labels, check_split_head, init_plugin_weights, pooled_width, remove_plugin
+from .plugins import check_class_labels, check_split_head, init_plugin_weights, pooled_width, probe_input, remove_plugin
 
 __all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPlugin", "BatchFormerPreTrainedModel",
            "add_batchformer", "batchformer_targets", "has_batchformer", "remove_batchformer"]
@@ -73,18 +73,13 @@ def _probe_channels(model: nn.Module, names: list[str]) -> list[int]:
     if unknown:
         raise ValueError(f"`after` names no module of {type(model).__name__}: {unknown} (e.g. 'blocks.8' for a ViT, "
                          "'layer3' or 'stages.2' for a CNN)")
-    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
-    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)     # ViTs built for one image size
-    if fixed is not None:
-        size = (size[0], *fixed)
     seen: dict[str, torch.Size] = {}
     hooks = [modules[n].register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, out.shape)) for n in names]
     was = model.training
     try:
         model.eval()
-        param = next(model.parameters())
         with torch.no_grad():
-            model(torch.zeros(1, *size, device=param.device, dtype=param.dtype))
+            model(probe_input(model)[:1])
     finally:
         model.train(was)
         for h in hooks:

@@ -11,6 +11,21 @@ __all__ = ["check_class_labels", "check_split_head", "classifier_of", "init_plug
            "remove_plugin"]
 
 
+def probe_input(model: nn.Module) -> torch.Tensor:
+    """A small random batch of 2 images the model accepts: its pretrained cfg's input size (a ViT's fixed size), and
+    the channels of its first convolution (a model built with ``in_chans=1`` keeps the cfg's 3)."""
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)    # ViTs built for one image size
+    if fixed is not None:
+        size = (size[0], *fixed)
+    channels = getattr(model, "in_chans", None)
+    if not isinstance(channels, int):
+        channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), size[0])
+    param = next(model.parameters())
+    x = torch.randn(2, channels, *size[1:], generator=torch.Generator().manual_seed(0))
+    return x.to(device=param.device, dtype=param.dtype)
+
+
 def pooled_width(model: nn.Module, plugin: str) -> int:
     """Width of the pooled features that reach the classifier: the classifier's ``in_features`` when there is one,
     else timm's ``head_hidden_size`` / ``num_features`` (a headless model)."""
@@ -40,17 +55,11 @@ def check_split_head(model: nn.Module, plugin: str) -> int:
     model's own ``forward_head(features)`` (one small eval-mode forward) so that training and inference agree.
     Returns the width of the pooled features."""
     classifier = classifier_of(model, plugin)
-    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
-    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if fixed is not None:
-        size = (size[0], *fixed)
-    in_chans = getattr(model, "in_chans", None) or size[0]
+    x = probe_input(model)
     param = next(model.parameters())
     was = model.training
     try:
         model.eval()
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(2, in_chans, *size[1:], generator=generator).to(param)
         features = model.forward_features(x)
         pooled = model.forward_head(features, pre_logits=True)
         split = classifier(pooled)
