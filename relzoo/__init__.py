@@ -5,6 +5,7 @@ transformers Auto classes (``AutoModel.from_pretrained(folder)``). Public model 
 """
 from . import models
 from .models import *  # noqa: F403  (the family list lives in relzoo/models/__init__.py)
+from .variants import list_models
 
 __version__ = "0.1.0"
-__all__ = [*models.__all__, "__version__"]
+__all__ = [*models.__all__, "list_models", "__version__"]

@@ -19,7 +19,9 @@ from huggingface_hub.repocard_data import EvalResult
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .checksums import write_checksums
-from .models.san import SAN, SAN_VARIANTS, SANForImageClassification, checkpoint_filter_fn, san_image_processor
+from .models.san import SAN, SAN_VARIANTS, SANForImageClassification, checkpoint_filter_fn
+from .remote_code import _registered_class, auto_map_for, write_remote_code
+from .variants import NO_WEIGHTS_MARK
 
 
 @contextmanager
@@ -71,6 +73,28 @@ def _card_text(*, model_id: str, architecture: str, description: str, usage: str
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+SAN_USAGE = """With relzoo installed (`import relzoo` registers SAN with timm and transformers):
+
+```python
+import relzoo, timm
+model = timm.create_model("hf-hub:{model_id}", pretrained=True)            # timm
+from transformers import AutoModelForImageClassification, pipeline
+model = AutoModelForImageClassification.from_pretrained("{model_id}")      # transformers
+print(pipeline("image-classification", model="{model_id}")("image.png"))
+```
+
+Without relzoo, the modeling code stored in this repo (relzoo's own source) runs with `trust_remote_code=True`
+(it needs torch, timm and transformers):
+
+```python
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True)
+```"""
+
+#: the Auto classes a Hub folder's ``auto_map`` may name (each one relzoo registers the model's config with)
+AUTO_CLASSES = ("AutoModel", "AutoModelForImageClassification", "AutoModelForFewShotClassification",
+                "AutoModelForFewShotSegmentation")
+
 SAN_PAPER = "Zhao, Jia and Koltun, *Exploring Self-attention for Image Recognition*, CVPR 2020 (arXiv:2004.13621)"
 
 
@@ -80,7 +104,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
     """Write ``model`` (a timm model, relzoo's or any other) as a Hub-ready folder, atomically.
 
     relzoo SAN models are saved as transformers ``SANForImageClassification`` (``config.json`` with
-    ``model_type: san``, ``model.safetensors``, ``preprocessor_config.json``); other timm models in timm's format,
+    ``model_type: san`` and timm's fields, ``model.safetensors``); other timm models in timm's format,
     fixed so that transformers' ``TimmWrapper`` loads them. Both get a ``README.md`` model card. ``model`` itself is
     left as it was (mode and ``pretrained_cfg``).
     """
@@ -93,13 +117,17 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
     with atomic_folder(folder) as tmp:
         if isinstance(model, SAN):
             hf = SANForImageClassification.from_timm(model, id2label=id2label, label2id=label2id)
+            hf.config.pretrained_cfg = _timm_preprocessing(model, image_size, crop_pct, mean, std)
             hf.save_pretrained(tmp)
-            san_image_processor(image_size, crop_pct, mean, std).save_pretrained(tmp)
+            add_remote_code(tmp, type(hf))
+            # timm's own eval transform for transformers too (TimmWrapperImageProcessor over the same
+            # pretrained_cfg), so the pipeline and timm.create_model("hf-hub:...") preprocess a picture identically.
+            # Local folders read it from config.json, Hub repos from this file (that class refuses save_pretrained).
+            processor = {"image_processor_type": "TimmWrapperImageProcessor",
+                         "pretrained_cfg": hf.config.timm_fields()["pretrained_cfg"]}
+            (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
             library, tags, paper = "transformers", ["image-classification", "relzoo", "san", "timm"], SAN_PAPER
-            usage = ("```python\nimport relzoo  # registers SAN with transformers and timm\nfrom transformers import "
-                     f"pipeline\nclassify = pipeline('image-classification', model='{model_id}')\n"
-                     "print(classify('image.png'))\n```\n\nOr `relzoo.SANForImageClassification.from_pretrained(...)`;"
-                     " `.to_timm()` gives the timm module.")
+            usage = SAN_USAGE.format(model_id=model_id)
         else:
             original = getattr(model, "pretrained_cfg", None)
             cfg = dict(original or {})
@@ -114,6 +142,8 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             config = json.loads(config_path.read_text())
             config.get("model_args", {}).pop("num_classes", None)  # else TimmWrapper passes it twice (TypeError)
             config_path.write_text(json.dumps(config, indent=2))
+            processor = {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": config["pretrained_cfg"]}
+            (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
             write_checksums(tmp)  # relzoo's own models write theirs in save_pretrained
             library, tags, paper = "timm", ["image-classification", "timm", "relzoo"], None
             usage = (f"```python\nimport timm\nmodel = timm.create_model('hf-hub:{model_id}', pretrained=True)\n```")
@@ -122,6 +152,30 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
                           description=f"`{arch}` image classifier" + (f" trained on {dataset}." if dataset else "."))
         card.save(tmp / "README.md")
     return Path(folder)
+
+
+def _timm_preprocessing(model, image_size: int, crop_pct: float, mean, std) -> dict:
+    """timm's ``pretrained_cfg`` for a folder: the model's own (paper, license, ...) with this preprocessing."""
+    keep = ("paper_ids", "paper_name", "origin_url", "license", "first_conv", "classifier", "min_input_size",
+            "pool_size", "interpolation")
+    cfg = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k in keep}
+    channels = getattr(model, "in_chans", None) or len(mean)
+    cfg.update(input_size=[channels, image_size, image_size], crop_pct=crop_pct, mean=list(mean), std=list(std))
+    return cfg
+
+
+def add_remote_code(folder: str | os.PathLike, model_class: type) -> list[str]:
+    """Make a transformers folder of a relzoo model loadable without relzoo: write the modeling files (relzoo's own
+    source, flattened, see :mod:`relzoo.remote_code`) and point ``config.json``'s ``auto_map`` at them, for
+    ``AutoConfig`` and every Auto class relzoo registers the model's config with. Returns the files written."""
+    folder = Path(folder)
+    autos = [a for a in AUTO_CLASSES if _registered_class(a, model_class.config_class) is not None]
+    files = write_remote_code(folder, model_class, autos)
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["auto_map"] = auto_map_for(model_class, autos)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return files
 
 
 def _umask() -> int:
@@ -246,6 +300,7 @@ def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, re
     model_id = model_id or f"{kind}-{model.config.backbone}" + (f"-{dataset}" if dataset else "")
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
+        add_remote_code(tmp, type(model))
         ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
                           image_std=[0.5] * 3, resample=2).save_pretrained(tmp)
         eval_results = [EvalResult(task_type="image-classification", task_name="few-shot image classification",
@@ -328,6 +383,7 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
     model_id = f"relzoo/hsnet-{backbone}" + ("" if use_support_mask else "-unmasked")
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
+        add_remote_code(tmp, type(model))
         ViTImageProcessor(size={"height": 400, "width": 400}, image_mean=list(IMAGENET_DEFAULT_MEAN),
                           image_std=list(IMAGENET_DEFAULT_STD), resample=2).save_pretrained(tmp)
         data = ModelCardData(library_name="transformers", model_name=model_id,
@@ -344,3 +400,131 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
                  "does not record them here.", ""]
         ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(tmp / "README.md")
     return output_dir
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pushing
+# ----------------------------------------------------------------------------------------------------------------
+#: files a relzoo export may hold (besides the remote-code modules its config.json names)
+EXPORT_FILES = frozenset({"config.json", "model.safetensors", "README.md", "preprocessor_config.json",
+                          "checksums.json", ".gitattributes"})
+_CREDENTIAL_NAMES = (".env", ".netrc", ".git-credentials", ".pypirc", "token", "stored_tokens", "credentials",
+                     "id_rsa", "id_ed25519", "id_ecdsa")
+_CREDENTIAL_SUFFIXES = (".env", ".pem", ".key", ".p12", ".pfx", ".token", ".kdbx")
+_TOKEN_PATTERNS = (r"hf_[A-Za-z0-9]{30,}", r"-----BEGIN [A-Z ]*PRIVATE KEY-----", r"AKIA[0-9A-Z]{16}",
+                   r"gh[pousr]_[A-Za-z0-9]{30,}")
+
+
+def check_export_folder(folder: str | os.PathLike) -> list[str]:
+    """The files of ``folder`` that a push uploads, after refusing anything that does not belong in an export.
+
+    Refused, with the reason: a missing ``config.json``; sub-folders and links (a link can point anywhere on the
+    machine); files that look like credentials by name (``.env``, ``token``, keys, ...) or hold a token or a private
+    key in their text; any other file that is not part of what relzoo writes (weights, config, card, image
+    processor, checksum manifest, and the remote-code modules ``config.json``'s ``auto_map`` needs)."""
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"`folder` {str(folder)!r} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"`folder` {str(folder)!r} has no config.json: it is not a model export (write one with "
+                         "scripts/push_to_hub.py --dry-run, save_hub_folder or save_pretrained)")
+    allowed = set(EXPORT_FILES) | _remote_code_names(folder)
+    problems, files = [], []
+    for item in sorted(folder.iterdir()):
+        name = item.name
+        lower = name.lower()
+        if item.is_symlink():
+            problems.append(f"{name}: a link (it may point outside the export)")
+        elif item.is_dir():
+            problems.append(f"{name}/: a sub-folder (exports are flat)")
+        elif lower in _CREDENTIAL_NAMES or lower.endswith(_CREDENTIAL_SUFFIXES) or lower.startswith(".env"):
+            problems.append(f"{name}: looks like a credentials file")
+        elif name not in allowed:
+            problems.append(f"{name}: not part of a relzoo export (allowed: {', '.join(sorted(allowed))})")
+        else:
+            if not name.endswith(".safetensors"):
+                text = item.read_text(errors="replace")
+                hit = next((p for p in _TOKEN_PATTERNS if re.search(p, text)), None)
+                if hit:
+                    problems.append(f"{name}: holds what looks like a secret (matches {hit!r})")
+                    continue
+            files.append(name)
+    if problems:
+        raise ValueError(f"refusing to push {str(folder)!r}: " + "; ".join(problems)
+                         + ". Remove these files (or push a folder written by scripts/push_to_hub.py --dry-run).")
+    return files
+
+
+def _remote_code_names(folder: Path) -> set[str]:
+    """The modules ``config.json``'s ``auto_map`` names and, transitively, their flat ``from .x import`` siblings."""
+    import re
+
+    try:
+        auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
+    except ValueError as err:
+        raise ValueError(f"{str(folder / 'config.json')!r} is not valid JSON: {err}") from None
+    todo = [ref.rsplit(".", 1)[0] + ".py" for ref in auto_map.values() if isinstance(ref, str)]
+    names: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in names or not (folder / name).is_file() or (folder / name).is_symlink():
+            continue
+        names.add(name)
+        todo += [m + ".py" for m in re.findall(r"^\s*from\s+\.(\w+)\s+import", (folder / name).read_text(), re.M)]
+    return names
+
+
+def push_to_hub(model_or_folder, repo_id: str, *, private: bool = False, token: str | None = None,
+                commit_message: str = "Upload from relzoo", revision: str | None = None, **export_kwargs) -> str:
+    """Upload a model export to the Hub repo ``repo_id`` (created if needed) and return the commit URL.
+
+    ``model_or_folder`` is a folder written by relzoo (``scripts/push_to_hub.py --dry-run``, :func:`save_hub_folder`,
+    the converters, the trainers' ``model`` folder) or a model, written first with :func:`export_model`
+    (``export_kwargs`` go there). The folder is checked by :func:`check_export_folder` before anything is sent."""
+    from huggingface_hub import HfApi
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"`repo_id` must be 'namespace/name', got {repo_id!r}")
+    with tempfile.TemporaryDirectory(prefix="relzoo-push-") as tmp:
+        if isinstance(model_or_folder, (str, os.PathLike)):
+            folder = Path(model_or_folder)
+        else:
+            folder = export_model(model_or_folder, Path(tmp) / "export", model_id=repo_id, **export_kwargs)
+        files = check_export_folder(folder)
+        card = folder / "README.md"
+        if card.is_file() and NO_WEIGHTS_MARK in card.read_text(errors="replace"):
+            raise ValueError(f"refusing to push {str(folder)!r}: its card says it holds no weights (a random "
+                             "initialisation written to check the format). Export it with weights first "
+                             "(scripts/push_to_hub.py --variant NAME --weights CHECKPOINT_OR_MODEL_FOLDER).")
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files,
+                                 commit_message=commit_message, revision=revision)
+    return str(getattr(info, "commit_url", info))
+
+
+def export_model(model, folder: str | os.PathLike, *, model_id: str | None = None, class_names=None,
+                 image_size: int | None = None, **kwargs) -> Path:
+    """Write ``model`` as a Hub-ready folder: a timm classifier (relzoo's SAN or any timm model) through
+    :func:`save_hub_folder`, a relzoo transformers model through ``save_pretrained`` plus remote code and, for
+    SAN, the fields timm reads."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        if isinstance(model, SANForImageClassification):
+            names = class_names or [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+            return save_hub_folder(model.to_timm(), folder, class_names=names,
+                                   image_size=image_size or 224, crop_pct=kwargs.pop("crop_pct", 0.875),
+                                   mean=kwargs.pop("mean", IMAGENET_DEFAULT_MEAN),
+                                   std=kwargs.pop("std", IMAGENET_DEFAULT_STD), model_id=model_id, **kwargs)
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            add_remote_code(tmp, type(model))
+        return Path(folder)
+    num_classes = getattr(model, "num_classes", 0)
+    return save_hub_folder(model, folder, class_names=class_names or [str(i) for i in range(num_classes)],
+                           image_size=image_size or 224, crop_pct=kwargs.pop("crop_pct", 0.875),
+                           mean=kwargs.pop("mean", IMAGENET_DEFAULT_MEAN), std=kwargs.pop("std", IMAGENET_DEFAULT_STD),
+                           model_id=model_id, **kwargs)

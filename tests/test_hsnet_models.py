@@ -192,7 +192,7 @@ def test_convert_script_reports_errors_in_one_line(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "scripts" / "convert_hsnet.py"), "--backbone", "resnet50",
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "convert.py"), "hsnet", "--backbone", "resnet50",
                            "--checkpoint", str(tmp_path / "none.pt"), "--output", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

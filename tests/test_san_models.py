@@ -202,7 +202,7 @@ def test_bad_input_errors_name_the_problem():
 
 
 def test_pretrained_without_weights_fails_fast_with_instructions():
-    with pytest.raises(RuntimeError, match="convert_san.py"):
+    with pytest.raises(RuntimeError, match="scripts/convert.py san --variant san10_patch"):
         timm.create_model("san10_patch", pretrained=True)
 
 
@@ -352,7 +352,7 @@ def test_convert_official_checkpoint(tmp_path, variant):
     ckpt = tmp_path / "model_best.pth"
     torch.save({"epoch": 100, "state_dict": official, "top1_val": 0.77}, ckpt)
     out = tmp_path / "converted"
-    subprocess.run([sys.executable, "scripts/convert_san.py", "--variant", variant, "--checkpoint", str(ckpt),
+    subprocess.run([sys.executable, "scripts/convert.py", "san", "--variant", variant, "--checkpoint", str(ckpt),
                     "--output", str(out)], check=True, capture_output=True)
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json",
                                                "README.md", "checksums.json"}
@@ -387,10 +387,10 @@ def test_convert_rejects_wrong_variant_naming_the_file_keys(tmp_path):
     assert "unexpected (module.layer0.0.sam.conv_p.weight;" in message
     assert "It matches san10_pair: pass --variant san10_pair." in message and "\n" not in message
     assert not (tmp_path / "out").exists()
-    proc = subprocess.run([sys.executable, "scripts/convert_san.py", "--variant", "san10_patch", "--checkpoint",
+    proc = subprocess.run([sys.executable, "scripts/convert.py", "san", "--variant", "san10_patch", "--checkpoint",
                            str(ckpt), "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("convert_san.py: error: checkpoint") and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("convert.py san: error: checkpoint") and proc.stderr.count("\n") == 1
 
 
 def test_convert_refuses_pickled_code_damaged_files_and_existing_output(tmp_path):

@@ -64,8 +64,12 @@ def test_outputs_are_a_hub_ready_folder(tmp_path):
 
     res = train_classifier(_args(tmp_path, epochs=1, checkpoint_every=0))
     folder = Path(res["model_dir"])
-    assert {p.name for p in folder.iterdir()} == {"README.md", "config.json", "model.safetensors",
-                                                  "preprocessor_config.json", "checksums.json"}
+    from relzoo.hub import check_export_folder
+
+    names = {p.name for p in folder.iterdir()}
+    assert {n for n in names if not n.endswith(".py")} == {"README.md", "config.json", "model.safetensors",
+                                                           "preprocessor_config.json", "checksums.json"}
+    assert "relzoo_models_san.py" in names and sorted(check_export_folder(folder)) == sorted(names)  # pushable
     card = (folder / "README.md").read_text()
     assert "library_name: transformers" in card and "top1" in card and "digits" in card
     model = AutoModelForImageClassification.from_pretrained(folder)

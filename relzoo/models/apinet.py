@@ -199,6 +199,13 @@ class APINetForImageClassification(APINetPreTrainedModel):
         add_apinet(self.classifier, config.hidden_size, config.mutual_dropout, config.margin, config.rank_weight)
         self.post_init()
 
+    def to_timm(self) -> nn.Module:
+        """The plain timm classifier this model trains (a copy, weights included, API-Net taken off): what inference
+        runs and what a Hub export publishes (``timm.create_model`` / transformers' ``TimmWrapper`` load it)."""
+        import copy
+
+        return remove_apinet(copy.deepcopy(self.classifier))
+
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutput:

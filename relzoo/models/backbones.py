@@ -34,10 +34,14 @@ def build_backbone(name: str, kwargs: dict | None = None, in_chans: int = 3, pre
     ``post_init()`` keeps timm's pretrained weights instead of re-initialising them."""
     import timm
 
-    import relzoo  # noqa: F401  (relzoo's own timm models are valid backbones too)
-
+    hint = ""
     if not timm.is_model(name):
-        raise ValueError(f"`backbone` must be a timm model name, got {name!r} (see timm.list_models())")
+        try:
+            import relzoo  # noqa: F401  (relzoo's own timm models, e.g. SAN, are valid backbones too)
+        except ImportError:  # a Hub repo's remote code runs without relzoo: timm's own models only
+            hint = "; relzoo is not installed here, so its own models (SAN) are not registered: pip install relzoo"
+    if not timm.is_model(name):
+        raise ValueError(f"`backbone` must be a timm model name, got {name!r} (see timm.list_models()){hint}")
     head = {"num_classes": 0, "global_pool": ""} if headless else {}
     model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **head, **(kwargs or {}))
     if pretrained:

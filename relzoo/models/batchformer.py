@@ -226,6 +226,13 @@ class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
                         config.dim_feedforward, config.dropout)
         self.post_init()
 
+    def to_timm(self) -> nn.Module:
+        """The plain timm classifier this model trains (a copy, weights included, BatchFormer taken off): what inference
+        runs and what a Hub export publishes (``timm.create_model`` / transformers' ``TimmWrapper`` load it)."""
+        import copy
+
+        return remove_batchformer(copy.deepcopy(self.classifier))
+
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutput:

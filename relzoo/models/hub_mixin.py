@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..checksums import MANIFEST, verify_checksums, write_checksums
+from ..hub_access import hub_unreachable, not_reachable_message, repo_in_cache
 
 
 class ChecksummedPretrainedMixin:
@@ -25,10 +26,26 @@ class ChecksummedPretrainedMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         if pretrained_model_name_or_path is not None:
+            _fail_fast_if_unreachable(str(pretrained_model_name_or_path), kwargs)
             folder, in_cache = _manifest_folder(pretrained_model_name_or_path, kwargs)
             if folder is not None:
                 verify_checksums(folder, missing_ok=in_cache, replaced_ok=True)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _fail_fast_if_unreachable(name: str, kwargs: dict) -> None:
+    """A Hub repo id that is neither cached nor reachable fails in about a second with what to do, instead of
+    huggingface_hub's retries (about 20 s per file without a network)."""
+    if os.path.exists(name) or name.count("/") > 1 or kwargs.get("local_files_only"):
+        return
+    subfolder = kwargs.get("subfolder") or ""
+    config = f"{subfolder}/config.json" if subfolder else "config.json"
+    if repo_in_cache(name, config, kwargs.get("revision"), kwargs.get("cache_dir")):
+        return
+    reason = hub_unreachable()
+    if reason is not None:
+        raise OSError(not_reachable_message(name, reason, "pass the path of a folder written by save_pretrained, "
+                                            "scripts/convert.py or scripts/push_to_hub.py --dry-run"))
 
 
 def _manifest_folder(name_or_path, kwargs: dict) -> tuple[Path | None, bool]:

@@ -34,6 +34,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..checksums import verify_checksums
+from ..hub_access import hub_unreachable, not_reachable_message
 from ..layers.san import Conv1x1, SelfAttention2d, bn_scale_shift, check_attention_args, conv1x1, footprint_padding
 from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 from .hub_mixin import ChecksummedPretrainedMixin
@@ -47,6 +48,9 @@ SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
                 for depth, layers in SAN_LAYERS.items() for short, sa_type in (("pair", "pairwise"),
                                                                                 ("patch", "patchwise"))}
 HUB_ORG = "relzoo"
+#: config.json keys timm reads, derived from the rest of a SANConfig (see SANConfig.timm_fields)
+TIMM_DERIVED_KEYS = ("architecture", "num_classes", "num_features", "model_args", "label_names",
+                     "image_processor_type")
 #: Hub repos the converted official ImageNet weights will be published to (not uploaded yet, so the timm
 #: ``pretrained_cfg`` of every variant is the weightless ``.untrained`` tag and ``list_pretrained`` stays empty).
 HUB_REPOS = {variant: f"{HUB_ORG}/{variant}.in1k" for variant in SAN_VARIANTS}
@@ -470,42 +474,45 @@ def _cfg(**kwargs) -> dict:
 # `timm.list_pretrained()` does not claim weights that no one can download. `HUB_REPOS` keeps the repo ids.
 default_cfgs = generate_default_cfgs({
     f"{v}.untrained": _cfg(notes=(f"Weights not published yet (to come: {HUB_REPOS[v]}); convert the official "
-                                  "checkpoint with scripts/convert_san.py.",)) for v in SAN_VARIANTS})
+                                  "checkpoint with scripts/convert.py san.",)) for v in SAN_VARIANTS})
 
 
 def _resolve_pretrained(variant: str, kwargs: dict) -> None:
     """Find the weights before building anything, so that a missing file fails at once with a useful message."""
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if overlay.get("file") or overlay.get("state_dict") is not None:
-        return
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    given = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), dict) else {}
+    if any(cfg.get("file") or cfg.get("state_dict") is not None for cfg in (overlay, given)):
+        return  # a file or folder (timm's local-dir:) is given: timm reads it
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    repo = overlay.get("hf_hub_id") or HUB_REPOS[variant]
+    repo = overlay.get("hf_hub_id") or given.get("hf_hub_id") or HUB_REPOS[variant]  # hf-hub:<repo> sets the second
     cached = try_to_load_from_cache(repo, "model.safetensors")
     if isinstance(cached, str):
         kwargs["pretrained_cfg_overlay"] = {**overlay, "file": cached}
         return
-    how = (f"No pretrained weights for {variant!r} are reachable (Hub repo {repo!r} is not in the local cache"
-           f"{' and HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else ''}). Either download them "
-           f"(`huggingface-cli download {repo}` while online), or convert an official SAN checkpoint with "
-           f"`python scripts/convert_san.py --variant {variant} --checkpoint model_best.pth --output DIR` and load it "
-           f"with timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='DIR/model.safetensors'))"
-           f" or SANForImageClassification.from_pretrained('DIR').")
-    if constants.HF_HUB_OFFLINE:
-        raise RuntimeError(how)
+    reason = hub_unreachable()
+    if reason is not None:
+        raise RuntimeError(not_reachable_message(
+            repo, reason, f"convert an official SAN checkpoint (`python scripts/convert.py san --variant {variant} "
+            f"--checkpoint model_best.pth --output DIR`) and load it with timm.create_model('local-dir:DIR', "
+            f"pretrained=True) or SANForImageClassification.from_pretrained('DIR')"))
     try:
         path = hf_hub_download(repo, "model.safetensors", etag_timeout=5)
-    except Exception as err:  # network, auth or missing repo: all mean "not reachable"
-        raise RuntimeError(f"{how} ({type(err).__name__}: {err})") from err
+    except Exception as err:  # auth, missing repo or file: the weights are not there
+        raise RuntimeError(f"No pretrained weights for {variant!r} could be downloaded from {repo!r} "
+                           f"({type(err).__name__}: {err})") from err
     kwargs["pretrained_cfg_overlay"] = {**overlay, "file": path}
 
 
 def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
     if pretrained:
         _resolve_pretrained(variant, kwargs)
-        file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+        given = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), dict) else {}
+        file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") or given.get("file")
         if file and os.path.isfile(file):  # a folder relzoo wrote lists its weights in checksums.json
             verify_checksums(os.path.dirname(file), only=[os.path.basename(file)], replaced_ok=True)
+        elif file and os.path.isfile(os.path.join(file, "model.safetensors")):  # local-dir:<folder>
+            verify_checksums(file, only=["model.safetensors"], replaced_ok=True)
     model_args = dict(SAN_VARIANTS[variant], **kwargs)
     return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True), **model_args)
@@ -578,7 +585,13 @@ class SANConfig(PreTrainedConfig):
     def __init__(self, sa_type="patchwise", relation=None, layers=(2, 1, 2, 4, 1), kernels=(3, 7, 7, 7, 7),
                  widths=(64, 256, 512, 1024, 2048), stem_width=64, num_channels=3, rel_reduction=16,
                  mid_reduction=4, share_planes=8, pad_mode="reflect", implementation="fast", global_pool="avg",
-                 drop_rate=0.0, **kwargs):
+                 drop_rate=0.0, pretrained_cfg=None, **kwargs):
+        for derived in TIMM_DERIVED_KEYS:  # written by to_dict from the fields below; never read back
+            kwargs.pop(derived, None)
+        if pretrained_cfg is not None and not isinstance(pretrained_cfg, dict):
+            raise TypeError(f"`pretrained_cfg` must be a dict (timm's preprocessing and metadata) or None, got "
+                            f"{type(pretrained_cfg).__name__}")
+        self.pretrained_cfg = pretrained_cfg
         layers, kernels, widths = check_san_args(sa_type, relation, layers, kernels, widths, stem_width, num_channels,
                                                  rel_reduction, mid_reduction, share_planes, pad_mode,
                                                  implementation, global_pool, drop_rate, channels_name="num_channels")
@@ -589,6 +602,36 @@ class SANConfig(PreTrainedConfig):
         self.pad_mode, self.implementation = pad_mode, implementation
         self.global_pool, self.drop_rate = global_pool, drop_rate
         super().__init__(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The config as a dict; with ``pretrained_cfg`` set (Hub folders), also the fields timm reads from
+        ``config.json`` (``architecture``, ``num_classes``, ``num_features``, ``model_args``), derived from this
+        config at each save, so one file serves ``timm.create_model("hf-hub:...")`` and transformers."""
+        out = super().to_dict()
+        if self.pretrained_cfg is None:
+            # transformers takes any config.json holding a ``pretrained_cfg`` key for a timm checkpoint
+            # (``is_timm_config_dict``): only Hub folders, which are meant to be both, may carry one
+            out.pop("pretrained_cfg", None)
+        else:
+            out.update(self.timm_fields())
+        return out
+
+    def timm_fields(self) -> dict:
+        """What timm's ``hf-hub:`` / ``local-dir:`` loaders read: the registered architecture with this depth and
+        attention type (every other argument is in ``model_args``, which overrides the variant's), ``num_classes``
+        (kept out of ``model_args``: transformers' ``TimmWrapper`` would pass it twice) and ``pretrained_cfg``."""
+        depth = next((d for d, layers in SAN_LAYERS.items() if tuple(layers) == tuple(self.layers)), "san10")
+        architecture = f"{depth}_{'pair' if self.sa_type == 'pairwise' else 'patch'}"
+        labels = [self.id2label[i] for i in range(self.num_labels)] if self.num_labels else []
+        cfg = {**_cfg(), **(self.pretrained_cfg or {}), "architecture": architecture, "num_classes": self.num_labels}
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        return {"architecture": architecture, "num_classes": self.num_labels, "num_features": self.widths[-1],
+                "global_pool": self.global_pool, "label_names": [str(n) for n in labels],
+                "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_timm_kwargs().items()},
+                "pretrained_cfg": cfg,
+                # transformers reads a local folder's preprocessing from config.json once it holds a
+                # pretrained_cfg (``is_timm_local_checkpoint``); this names the class that understands it
+                "image_processor_type": "TimmWrapperImageProcessor"}
 
     @property
     def num_stages(self) -> int:

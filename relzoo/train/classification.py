@@ -414,7 +414,8 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
         with accelerator.autocast():
             return model(batch["pixel_values"], batch["labels"])
 
-    summary = {"model": args.model, "dataset": args.dataset, "plugin": args.plugin, **engine.fit(step), "lr": lr}
+    summary = {"model": args.model, "dataset": args.dataset, "plugin": args.plugin, **engine.fit(step), "lr": lr,
+               "arguments": dataclasses.asdict(args)}  # the exact command, for the model card of a published run
     train_time = summary["train_time_s"]
     if summary.get("interrupted"):
         return summary

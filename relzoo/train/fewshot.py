@@ -385,7 +385,8 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
         return loss
 
     summary = {"model": args.model, "backbone": args.backbone, "dataset": args.dataset, **engine.fit(step), "lr": lr,
-               "simclr_episodes_this_process": counts["simclr_episodes"], "episodes_this_process": counts["episodes"]}
+               "simclr_episodes_this_process": counts["simclr_episodes"], "episodes_this_process": counts["episodes"],
+               "arguments": dataclasses.asdict(args)}
     if summary.get("interrupted"):
         return summary
     results = evaluate_all(model, args, accelerator, skipped if args.skip_unreadable_images else None)

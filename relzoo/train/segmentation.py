@@ -233,6 +233,9 @@ def image_statistics(args: SegmentationTrainingArguments) -> tuple[list[float], 
             stats = json.loads(config.read_text())
             if "image_mean" in stats and "image_std" in stats:
                 return [float(v) for v in stats["image_mean"]], [float(v) for v in stats["image_std"]]
+            timm_cfg = stats.get("pretrained_cfg") or {}  # a TimmWrapperImageProcessor file (relzoo's SAN exports)
+            if "mean" in timm_cfg and "std" in timm_cfg:
+                return [float(v) for v in timm_cfg["mean"]], [float(v) for v in timm_cfg["std"]]
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
@@ -401,7 +404,7 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
                          support_masks=batch["support_masks"], labels=batch["labels"]).loss
 
     summary = {"model": "hsnet", "backbone": args.backbone, **engine.fit(step), "backbone_weights": weights,
-               "backbone_pretraining": pretraining}
+               "backbone_pretraining": pretraining, "arguments": dataclasses.asdict(args)}
     if summary.get("interrupted"):
         return summary
     summary["results"] = evaluate_segmentation(model, args, accelerator)

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Publish a relzoo variant (or a folder) on the Hugging Face Hub.
+
+    python scripts/push_to_hub.py --list
+    python scripts/push_to_hub.py --variant san10_patch.in1k --weights model_best.pth --dry-run out/san10_patch
+    python scripts/push_to_hub.py --variant san10_patch.in1k --weights model_best.pth            # uploads
+    python scripts/push_to_hub.py --variant resnet18_apinet.fashion-mnist --weights runs/apinet/model
+    python scripts/push_to_hub.py --folder out/san10_patch --repo-id me/san10_patch                # a written folder
+
+--variant names a file of hub_configs/ (architecture, preprocessing, card metadata). --weights is an official
+checkpoint file (converted strictly by the family's converter: SAN model_best.pth, HSNet best_model.pt) or a relzoo
+model folder (OUTPUT_DIR/model of scripts/train_*.py; its results.json gives the card the command and the measured
+numbers). Without --weights only --dry-run is allowed: the folder then holds a random initialisation, flagged in its
+card, and is never uploaded.
+
+--dry-run OUT writes exactly the folder that would be uploaded and sends nothing. Before any upload the folder is
+checked: links, sub-folders, credential-like files (.env, tokens, keys) and files that are not part of an export are
+refused with the reason. The token comes from --token, HF_TOKEN or `hf auth login`; HF_ENDPOINT selects the Hub.
+"""
+import argparse
+import sys
+
+from relzoo.hub import push_to_hub
+from relzoo.variants import export_variant, list_models, load_variant
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--variant", help="a variant of hub_configs/ (see --list)")
+    what.add_argument("--folder", help="push this already written folder (e.g. an earlier --dry-run)")
+    what.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--weights", help="official checkpoint file or relzoo model folder (with --variant)")
+    parser.add_argument("--repo-id", help="namespace/name (default: the variant's repo_id; required with --folder)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--dry-run", metavar="OUT", help="write the folder to OUT and upload nothing")
+    parser.add_argument("--revision", help="branch to push to (default: main)")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    parser.add_argument("--commit-message", default=None)
+    args = parser.parse_args(argv)
+
+    def fail(message: str) -> int:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    if args.list:
+        for row in list_models():
+            print(f"{row['variant']:45s} {row['family']:17s} {row['params']:>12,d}  {row['repo_id']:50s} "
+                  f"weights: {row['weights']}")
+        return 0
+    try:
+        if args.folder:
+            if args.weights or args.dry_run:
+                return fail("--weights and --dry-run go with --variant (a --folder is pushed as it is)")
+            if not args.repo_id:
+                return fail("--folder needs --repo-id")
+            url = push_to_hub(args.folder, args.repo_id, private=args.private, token=args.token,
+                              revision=args.revision, commit_message=args.commit_message or "Upload from relzoo")
+            print(f"pushed {args.folder} -> {url}")
+            return 0
+        spec = load_variant(args.variant)
+        repo_id = args.repo_id or spec["repo_id"]
+        if args.dry_run:
+            folder = export_variant(spec, args.dry_run, args.weights, repo_id=repo_id)
+            print(f"wrote {folder} (nothing uploaded)" + ("" if args.weights else
+                  "; no --weights: random initialisation, flagged in the card, never uploaded"))
+            return 0
+        if not args.weights:
+            return fail(f"--weights is required to push {args.variant} (there is nothing to publish without weights; "
+                        f"--dry-run OUT writes the folder). Official weights: {spec['weights'].get('official')}")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="relzoo-export-") as tmp:
+            folder = export_variant(spec, f"{tmp}/export", args.weights, repo_id=repo_id)
+            url = push_to_hub(folder, repo_id, private=args.private, token=args.token, revision=args.revision,
+                              commit_message=args.commit_message or f"Upload {args.variant} from relzoo")
+        print(f"pushed {args.variant} -> {url}")
+        return 0
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        return fail(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
