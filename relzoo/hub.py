@@ -141,6 +141,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             config_path = tmp / "config.json"
             config = json.loads(config_path.read_text())
             config.get("model_args", {}).pop("num_classes", None)  # else TimmWrapper passes it twice (TypeError)
+            config["label_names"] = [str(n) for n in class_names]  # TimmWrapper's id2label (save_for_hf drops them)
             config_path.write_text(json.dumps(config, indent=2))
             processor = {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": config["pretrained_cfg"]}
             (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")

@@ -62,12 +62,14 @@ def test_plain_timm_model_folder_loads_in_timm_and_transformers(tmp_path):
     assert model.pretrained_cfg == cfg_before  # the caller's model is not modified
     assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 64, 64]
     assert "num_classes" not in json.loads((folder / "config.json").read_text()).get("model_args", {})
+    assert json.loads((folder / "config.json").read_text())["label_names"] == ["a", "b", "c"]
     x = torch.randn(1, 3, 64, 64)
     again = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     hf = AutoModelForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
         torch.testing.assert_close(hf(x).logits, model(x))
+    assert hf.config.id2label == {0: "a", 1: "b", 2: "c"}  # the pipeline's labels, not LABEL_0..2
     assert ModelCard.load(folder / "README.md").data.library_name == "timm"
 
 

@@ -114,9 +114,11 @@ def test_push_then_load_with_timm_transformers_and_remote_code(san_folder, tmp_p
                    ".eval()\n" + check + "print(type(model).__module__)", env)
         assert out.strip() == "relzoo.models.san"
         # transformers' Auto classes, with relzoo imported
-        out = _run("import torch, relzoo\nfrom transformers import AutoModelForImageClassification as A\n"
-                   "model = A.from_pretrained('me/san-small').eval()\n" + check + "print(type(model).__module__)", env)
-        assert out.strip() == "relzoo.models.san"
+        out = _run("import torch, relzoo\nfrom transformers import AutoModelForImageClassification as A, pipeline\n"
+                   "model = A.from_pretrained('me/san-small').eval()\n" + check + "print(type(model).__module__)\n"
+                   "print(type(pipeline('image-classification', model='me/san-small').image_processor).__name__)",
+                   env)  # a Hub download reads preprocessor_config.json (a local folder, config.json)
+        assert out.split() == ["relzoo.models.san", "TimmWrapperImageProcessor"]
         # remote code, in a process where relzoo cannot be imported
         out = _run(BLOCK_RELZOO + "import torch\nfrom transformers import AutoModelForImageClassification as A\n"
                    "model = A.from_pretrained('me/san-small', trust_remote_code=True).eval()\n" + check

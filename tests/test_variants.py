@@ -257,3 +257,34 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                             cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_plugin_example_round_trip_through_a_hub_needs_neither_relzoo_nor_remote_code(tmp_path):
+    """A trained API-Net example pushed to the Hub on 127.0.0.1, then loaded by timm and by transformers (TimmWrapper,
+    pipeline) in a fresh process that cannot import relzoo."""
+    from fakehub import FakeHub
+    from test_hub_publish import _env, _run
+
+    spec = load_variant("resnet18_apinet.fashion-mnist")
+    plain = _fake_run(tmp_path, spec)
+    folder = export_variant(spec, tmp_path / "out", tmp_path / "run" / "model", repo_id="me/apinet")
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.save({"x": x, "logits": plain(x)}, tmp_path / "ref.pt")
+    with FakeHub() as hub:
+        env = _env(tmp_path, hub.endpoint)
+        _run(f"from relzoo.hub import push_to_hub; push_to_hub({str(folder)!r}, 'me/apinet')", env)
+        out = _run(BLOCK_RELZOO + f"""
+import torch, timm
+from transformers import AutoModelForImageClassification, pipeline
+ref = torch.load({str(tmp_path / 'ref.pt')!r})
+model = timm.create_model("hf-hub:me/apinet", pretrained=True).eval()
+hf = AutoModelForImageClassification.from_pretrained("me/apinet").eval()
+with torch.no_grad():
+    assert torch.equal(model(ref["x"]), ref["logits"])
+    torch.testing.assert_close(hf(ref["x"]).logits, ref["logits"], rtol=0, atol=1e-5)
+classify = pipeline("image-classification", model="me/apinet")
+print(type(hf).__name__, type(classify.image_processor).__name__, hf.config.id2label[6])
+""", env)
+    assert out.strip().splitlines()[-1] == "TimmWrapperForImageClassification TimmWrapperImageProcessor Shirt"
