@@ -210,7 +210,10 @@ def _measured(folder: Path) -> tuple[dict | None, list[dict]]:
         return None, []
     results = json.loads(path.read_text())
     rows = []
-    for key in ("top1", "top5", "many_top1", "medium_top1", "few_top1", "miou", "fb_iou"):
+    keys = ["top1", "top5"]
+    if sum(bool(v) for v in (results.get("shot_groups") or {}).values()) > 1:  # long-tailed training data only
+        keys += ["many_top1", "medium_top1", "few_top1"]
+    for key in keys:
         if isinstance(results.get(key), (int, float)):
             rows.append({"metric": key, "value": round(100 * float(results[key]), 2),
                          "dataset": results.get("dataset"), "split": results.get("eval_split", "test"),
