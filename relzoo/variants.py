@@ -17,7 +17,6 @@ their source. :func:`export_variant` writes the folder for one variant with weig
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
+
+from .checksums import sha256_file
 
 __all__ = ["list_models", "variant_names", "load_variant", "build_variant", "export_variant", "variant_card",
            "WEIGHT_STATUSES", "NO_WEIGHTS_MARK"]
@@ -141,27 +142,27 @@ def build_variant(spec: dict):
 # ----------------------------------------------------------------------------------------------------------------
 # weights
 # ----------------------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+PLUGIN_PREFIXES = ("batchformer.", "apinet.")
 
 
-def _same_architecture(spec: dict, model, where: str) -> None:
-    """Refuse weights whose network is not the variant's: the keys and shapes must be the variant's."""
-    expected = {k: tuple(v.shape) for k, v in build_variant(spec).state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if spec["family"] in PLUGIN_FAMILIES:  # only the published part (the plain network) has to match
-        expected = {k: v for k, v in expected.items() if not k.startswith(("classifier.batchformer.",
-                                                                            "classifier.apinet."))}
-        found = {k: v for k, v in found.items() if not k.startswith(("classifier.batchformer.", "classifier.apinet."))}
+def _check_shapes(spec: dict, expected: dict, found: dict, where) -> None:
+    """Refuse weights whose tensors (names and shapes) are not the variant's, naming the first that differ."""
+    expected = {k: tuple(v.shape) for k, v in expected.items()}
+    found = {k: tuple(v.shape) for k, v in found.items()}
     if expected != found:
         other = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
         detail = "; ".join(f"{k}: expected {expected.get(k)}, found {found.get(k)}" for k in other[:3])
-        raise ValueError(f"the weights in {where!r} are not those of {spec['variant']} ({len(other)} tensors differ: "
-                         f"{detail}{'; ...' if len(other) > 3 else ''})")
+        raise ValueError(f"the weights in {str(where)!r} are not those of {spec['variant']} ({len(other)} tensors "
+                         f"differ: {detail}{'; ...' if len(other) > 3 else ''})")
+
+
+def _same_architecture(spec: dict, model, where) -> None:
+    """The whole model against the variant's; for plug-in families only the published part (the plain network)."""
+    def published(state: dict) -> dict:
+        return {k: v for k, v in state.items() if not k.removeprefix("classifier.").startswith(PLUGIN_PREFIXES)
+                or spec["family"] not in PLUGIN_FAMILIES}
+
+    _check_shapes(spec, published(build_variant(spec).state_dict()), published(model.state_dict()), where)
 
 
 def _load_trained_folder(spec: dict, folder: Path):
@@ -181,10 +182,9 @@ def _load_trained_folder(spec: dict, folder: Path):
         plain = timm.create_model(f"local-dir:{folder}", pretrained=True)
         model = build_variant(spec)
         expected = model.classifier.state_dict()
-        state = {k: v for k, v in plain.state_dict().items()}
-        plugin = {k: v for k, v in expected.items() if k.startswith(("batchformer.", "apinet."))}
-        _check_plain(spec, state, {k: v for k, v in expected.items() if k not in plugin}, folder)
-        model.classifier.load_state_dict({**state, **plugin}, strict=True)
+        plugin = {k: v for k, v in expected.items() if k.startswith(PLUGIN_PREFIXES)}  # stays as initialised
+        _check_shapes(spec, {k: v for k, v in expected.items() if k not in plugin}, plain.state_dict(), folder)
+        model.classifier.load_state_dict({**plain.state_dict(), **plugin}, strict=True)
         return model
     if config.get("model_type") != spec["family"]:
         raise ValueError(f"the weights in {str(folder)!r} are a {config.get('model_type') or config.get('architecture')!r}"
@@ -192,15 +192,6 @@ def _load_trained_folder(spec: dict, folder: Path):
     model = _model_class(spec).from_pretrained(folder)
     _same_architecture(spec, model, str(folder))
     return model
-
-
-def _check_plain(spec, state: dict, expected: dict, where) -> None:
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    want = {k: tuple(v.shape) for k, v in expected.items()}
-    if got != want:
-        other = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
-        raise ValueError(f"the weights in {str(where)!r} are not those of {spec['variant']} ({len(other)} tensors "
-                         f"differ, e.g. {other[0]}: expected {want.get(other[0])}, found {got.get(other[0])})")
 
 
 def _measured(folder: Path) -> tuple[dict | None, list[dict]]:
@@ -273,7 +264,7 @@ def load_variant_weights(spec: dict, weights: str | os.PathLike | None) -> tuple
                                    use_support_mask=spec["config"].get("use_support_mask", True))
         model = _model_class(spec).from_pretrained(out)
     _same_architecture(spec, model, str(path))
-    return model, "converted", {"source": path.name, "sha256": _sha256(path), "convert": spec["weights"]["convert"]}
+    return model, "converted", {"source": path.name, "sha256": sha256_file(path), "convert": spec["weights"]["convert"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
