@@ -17,6 +17,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers import PreTrainedModel
 
 from .checksums import write_checksums
 from .models.san import SAN, SAN_VARIANTS, SANForImageClassification, checkpoint_filter_fn
@@ -120,12 +121,8 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             hf.config.pretrained_cfg = _timm_preprocessing(model, image_size, crop_pct, mean, std)
             hf.save_pretrained(tmp)
             add_remote_code(tmp, type(hf))
-            # timm's own eval transform for transformers too (TimmWrapperImageProcessor over the same
-            # pretrained_cfg), so the pipeline and timm.create_model("hf-hub:...") preprocess a picture identically.
-            # Local folders read it from config.json, Hub repos from this file (that class refuses save_pretrained).
-            processor = {"image_processor_type": "TimmWrapperImageProcessor",
-                         "pretrained_cfg": hf.config.timm_fields()["pretrained_cfg"]}
-            (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+            # the pipeline and timm.create_model("hf-hub:...") then preprocess a picture identically
+            _write_timm_processor(tmp, hf.config.timm_fields()["pretrained_cfg"])
             library, tags, paper = "transformers", ["image-classification", "relzoo", "san", "timm"], SAN_PAPER
             usage = SAN_USAGE.format(model_id=model_id)
         else:
@@ -143,8 +140,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
             config.get("model_args", {}).pop("num_classes", None)  # else TimmWrapper passes it twice (TypeError)
             config["label_names"] = [str(n) for n in class_names]  # TimmWrapper's id2label (save_for_hf drops them)
             config_path.write_text(json.dumps(config, indent=2))
-            processor = {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": config["pretrained_cfg"]}
-            (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+            _write_timm_processor(tmp, config["pretrained_cfg"])
             write_checksums(tmp)  # relzoo's own models write theirs in save_pretrained
             library, tags, paper = "timm", ["image-classification", "timm", "relzoo"], None
             usage = (f"```python\nimport timm\nmodel = timm.create_model('hf-hub:{model_id}', pretrained=True)\n```")
@@ -153,6 +149,26 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
                           description=f"`{arch}` image classifier" + (f" trained on {dataset}." if dataset else "."))
         card.save(tmp / "README.md")
     return Path(folder)
+
+
+def _write_timm_processor(folder: Path, pretrained_cfg: dict) -> None:
+    """``preprocessor_config.json`` for transformers' ``TimmWrapperImageProcessor`` (timm's own eval transform over
+    the same ``pretrained_cfg`` config.json holds; that class refuses ``save_pretrained``, so it is written here).
+    A Hub download reads this file; a local folder, config.json."""
+    processor = {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": pretrained_cfg}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def write_hsnet_files(folder: str | os.PathLike, model, image_size: int, mean, std) -> None:
+    """An HSNet model's files in ``folder`` (the caller's atomic folder): weights and config, remote code, and the
+    image processor of its episodes (resize to a square, rescale to [0, 1], normalise with ``mean`` / ``std``).
+    The converter, the fine-tuning trainer and variant exports all write HSNet folders through this."""
+    from transformers import ViTImageProcessor
+
+    model.save_pretrained(folder)
+    add_remote_code(folder, type(model))
+    ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean), image_std=list(std),
+                      resample=2).save_pretrained(folder)
 
 
 def _timm_preprocessing(model, image_size: int, crop_pct: float, mean, std) -> dict:
@@ -361,7 +377,6 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
     out; timm's VGG head, which HSNet never runs either, keeps its initialisation. Everything else is checked
     strictly: a mismatch raises one ``ValueError`` naming the keys as the file names them, with expected and found
     shapes. ``use_support_mask=False`` marks the paper's unmasked (dagger) checkpoints."""
-    from transformers import ViTImageProcessor
 
     from .models.hsnet import HSNetConfig, HSNetForFewShotSegmentation
 
@@ -383,10 +398,7 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
     model.load_state_dict(state, strict=False)
     model_id = f"relzoo/hsnet-{backbone}" + ("" if use_support_mask else "-unmasked")
     with atomic_folder(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        add_remote_code(tmp, type(model))
-        ViTImageProcessor(size={"height": 400, "width": 400}, image_mean=list(IMAGENET_DEFAULT_MEAN),
-                          image_std=list(IMAGENET_DEFAULT_STD), resample=2).save_pretrained(tmp)
+        write_hsnet_files(tmp, model, 400, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         data = ModelCardData(library_name="transformers", model_name=model_id,
                              tags=["few-shot", "segmentation", "relzoo", "hsnet", "timm"])
         lines = [f"# {model_id}", "",
@@ -507,25 +519,20 @@ def push_to_hub(model_or_folder, repo_id: str, *, private: bool = False, token: 
 
 
 def export_model(model, folder: str | os.PathLike, *, model_id: str | None = None, class_names=None,
-                 image_size: int | None = None, **kwargs) -> Path:
-    """Write ``model`` as a Hub-ready folder: a timm classifier (relzoo's SAN or any timm model) through
-    :func:`save_hub_folder`, a relzoo transformers model through ``save_pretrained`` plus remote code and, for
-    SAN, the fields timm reads."""
-    from transformers import PreTrainedModel
-
-    if isinstance(model, PreTrainedModel):
-        if isinstance(model, SANForImageClassification):
-            names = class_names or [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-            return save_hub_folder(model.to_timm(), folder, class_names=names,
-                                   image_size=image_size or 224, crop_pct=kwargs.pop("crop_pct", 0.875),
-                                   mean=kwargs.pop("mean", IMAGENET_DEFAULT_MEAN),
-                                   std=kwargs.pop("std", IMAGENET_DEFAULT_STD), model_id=model_id, **kwargs)
+                 image_size: int = 224, crop_pct: float = 0.875, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                 **kwargs) -> Path:
+    """Write ``model`` as a Hub-ready folder. Classifiers go through :func:`save_hub_folder` as the timm network
+    inference runs: a timm model as it is, relzoo's transformers classifiers through ``to_timm()`` (SAN; BatchFormer
+    and API-Net without their training-only plug-in). Other relzoo models (few-shot, HSNet) are saved with
+    ``save_pretrained`` plus remote code. ``kwargs`` go to :func:`save_hub_folder` (dataset, metrics, ...)."""
+    if hasattr(model, "to_timm"):
+        class_names = class_names or [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        model = model.to_timm()
+    elif isinstance(model, PreTrainedModel):
         with atomic_folder(folder) as tmp:
             model.save_pretrained(tmp)
             add_remote_code(tmp, type(model))
         return Path(folder)
-    num_classes = getattr(model, "num_classes", 0)
-    return save_hub_folder(model, folder, class_names=class_names or [str(i) for i in range(num_classes)],
-                           image_size=image_size or 224, crop_pct=kwargs.pop("crop_pct", 0.875),
-                           mean=kwargs.pop("mean", IMAGENET_DEFAULT_MEAN), std=kwargs.pop("std", IMAGENET_DEFAULT_STD),
-                           model_id=model_id, **kwargs)
+    names = class_names or [str(i) for i in range(getattr(model, "num_classes", 0))]
+    return save_hub_folder(model, folder, class_names=names, image_size=image_size, crop_pct=crop_pct, mean=mean,
+                           std=std, model_id=model_id, **kwargs)

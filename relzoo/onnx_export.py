@@ -32,10 +32,11 @@ def load_classifier(source: str, pretrained: bool = True, **kwargs) -> nn.Module
         config_path = path / "config.json"
         if not config_path.is_file():
             raise ValueError(f"`model` {source!r} is a folder without config.json")
-        model_type = json.loads(config_path.read_text()).get("model_type")
+        config = json.loads(config_path.read_text())
+        model_type = config.get("model_type")
         classes = {"san": relzoo.SANForImageClassification, "batchformer": relzoo.BatchFormerForImageClassification,
                    "apinet": relzoo.APINetForImageClassification}
-        if model_type in classes and "architecture" not in json.loads(config_path.read_text()):
+        if model_type in classes and "architecture" not in config:  # a transformers folder (timm's have one)
             return classes[model_type].from_pretrained(path).to_timm()
         if model_type not in (None, "san"):
             raise ValueError(f"`model` {source!r} is a {model_type!r} folder: ONNX export covers the classifiers "
@@ -96,7 +97,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | 
 def check_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | None = None,
                batch_sizes=(1, 3), seed: int = 0) -> dict:
     """Run the ONNX file with onnxruntime (CPU) and the PyTorch model (its own implementation, fast operators
-    included) on the same random batches; return the largest absolute and relative differences per batch size."""
+    included) on the same random batches; return, per batch size, the largest absolute difference and the largest
+    absolute logit (the scale it is to be read against)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -272,7 +272,7 @@ def load_variant_weights(spec: dict, weights: str | os.PathLike | None) -> tuple
 # ----------------------------------------------------------------------------------------------------------------
 def _write_files(spec: dict, model, tmp: Path, model_id: str) -> None:
     """The weights, config, preprocessing and remote code of the family (the card is written after)."""
-    from .hub import add_remote_code, save_fewshot_folder, save_hub_folder
+    from .hub import save_fewshot_folder, save_hub_folder, write_hsnet_files
 
     pre = spec["preprocessing"]
     family = spec["family"]
@@ -284,14 +284,8 @@ def _write_files(spec: dict, model, tmp: Path, model_id: str) -> None:
     elif family in ("crosstransformer", "protonet"):
         save_fewshot_folder(model, inner, image_size=pre["input_size"][-1], model_id=model_id)
     else:  # hsnet
-        from transformers import ViTImageProcessor
-
         inner.mkdir()
-        model.save_pretrained(inner)
-        add_remote_code(inner, type(model))
-        side = pre["input_size"][-1]
-        ViTImageProcessor(size={"height": side, "width": side}, image_mean=list(pre["mean"]),
-                          image_std=list(pre["std"]), resample=2).save_pretrained(inner)
+        write_hsnet_files(inner, model, pre["input_size"][-1], pre["mean"], pre["std"])
     for item in inner.iterdir():
         if item.name != "README.md":
             os.replace(item, tmp / item.name)

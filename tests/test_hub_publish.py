@@ -195,3 +195,42 @@ def test_no_network_no_cache_fails_fast_with_what_to_do(tmp_path):
         assert float(seconds) < 3.0, line  # the probe's limit is 1 s; the rest is process noise
         assert "'relzoo/san10_patch.in1k' is not a local folder, is not in the Hugging Face cache" in message
         assert "the Hub cannot be reached" in message and "hf download relzoo/san10_patch.in1k" in message
+
+
+def test_pushing_a_model_uploads_the_network_inference_runs(tmp_path, monkeypatch):
+    """push_to_hub(model): classifiers are written as the timm network (BatchFormer / API-Net without their
+    training-only plug-in, SAN with timm's fields), other relzoo models as transformers folders with remote code."""
+    from huggingface_hub import HfApi
+
+    from relzoo import (
+        APINetConfig,
+        APINetForImageClassification,
+        ProtoNetConfig,
+        ProtoNetForFewShotClassification,
+        SANForImageClassification,
+    )
+
+    uploaded = {}
+
+    def fake_upload(self, *, repo_id, folder_path, allow_patterns, **kwargs):
+        uploaded[repo_id] = {name: json.loads((Path(folder_path) / name).read_text())
+                             for name in allow_patterns if name == "config.json"} | {"files": sorted(allow_patterns)}
+        return "url"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: None)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload)
+    api = APINetForImageClassification(APINetConfig(backbone="resnet10t", num_labels=3,
+                                                    id2label={0: "a", 1: "b", 2: "c"})).eval()
+    push_to_hub(api, "me/apinet", image_size=32)
+    config = uploaded["me/apinet"]["config.json"]
+    assert config["architecture"] == "resnet10t" and config["label_names"] == ["a", "b", "c"]
+    assert "model_type" not in config and not any(f.endswith(".py") for f in uploaded["me/apinet"]["files"])
+    san = SANForImageClassification.from_timm(timm.create_model("san10_pair", num_classes=2, **SMALL_SAN))
+    push_to_hub(san, "me/san", image_size=128)
+    config = uploaded["me/san"]["config.json"]
+    assert config["model_type"] == "san" and config["architecture"] == "san10_pair"
+    assert config["pretrained_cfg"]["input_size"] == [3, 128, 128] and "relzoo_models_san.py" in uploaded["me/san"][
+        "files"]
+    proto = ProtoNetForFewShotClassification(ProtoNetConfig(backbone="resnet10t"))
+    push_to_hub(proto, "me/proto")
+    assert uploaded["me/proto"]["config.json"]["auto_map"]["AutoModel"].startswith("relzoo_models_fewshot.")

@@ -239,15 +239,6 @@ def image_statistics(args: SegmentationTrainingArguments) -> tuple[list[float], 
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def hsnet_image_processor(image_size: int, mean, std):
-    """What the episodes of a run did to an image (resize to a square, rescale to [0, 1], normalise), as a
-    transformers image processor saved beside the model."""
-    from transformers import ViTImageProcessor
-
-    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean),
-                             image_std=list(std))
-
-
 def load_backbone_weights(model, path: str) -> dict:
     """Load a state dict into ``model.backbone`` (``backbone.`` prefixes stripped). Only the classifier may be
     missing (HSNet never runs it); any other missing, unexpected or mis-shaped key raises a ``ValueError`` naming
@@ -413,13 +404,11 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
         if args.pictures:
             summary["pictures"] = [str(p) for p in write_pictures(net, args, out_dir / "pictures")]
         if args.save_model:
-            from ..hub import atomic_folder
+            from ..hub import atomic_folder, write_hsnet_files
 
             with atomic_folder(out_dir / "model") as tmp:
-                net.save_pretrained(tmp)
-                hsnet_image_processor(args.image_size, *image_statistics(args)).save_pretrained(tmp)
+                write_hsnet_files(tmp, net, args.image_size, *image_statistics(args))
             summary["model_dir"] = str(out_dir / "model")
-        summary["arguments"] = dataclasses.asdict(args)
         write_json_atomic(out_dir / "results.json", summary)
     accelerator.wait_for_everyone()
     return summary
