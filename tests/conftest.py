@@ -1,6 +1,8 @@
-"""Tests never touch the network and never write outside tmp folders."""
+"""Tests never touch the network, never read this machine's Debian data sets and never write outside tmp folders."""
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +10,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="relzoo-test-hf-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Opening anything under /usr/share/datasets raises, in this process and in every Python process a test starts
+# (tests/_guard/sitecustomize.py, first on PYTHONPATH): a fresh machine has no Debian data sets.
+GUARD_DIR = str(Path(__file__).resolve().parent / "_guard")
+os.environ["PYTHONPATH"] = os.pathsep.join([GUARD_DIR, *filter(None, [os.environ.get("PYTHONPATH")])])
+sys.path.insert(0, GUARD_DIR)
+import sitecustomize  # noqa: E402,F401  (installs the guard here too)
+
+sys.path.remove(GUARD_DIR)
 
 
 @pytest.fixture

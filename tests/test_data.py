@@ -97,3 +97,21 @@ def test_seeded_transforms_are_reproducible_per_sample_and_epoch():
         TransformedImageDataset(ds, build_transform(16, train=False), in_chans=2)
     with pytest.raises(ValueError, match="`crop_pct`"):
         build_transform(16, train=False, crop_pct=1.5)
+
+
+def test_no_test_reads_the_debian_data_sets_here_or_in_a_subprocess(tmp_path):
+    """tests/conftest.py guards every test process: a fresh machine has no /usr/share/datasets, so a test that reads
+    it passes here and fails there (it did: issue 20)."""
+    import subprocess
+    import sys
+
+    from relzoo.data.builtin import FASHION_MNIST_DIRS
+
+    target = f"{FASHION_MNIST_DIRS[0]}/train-images-idx3-ubyte.gz"
+    with pytest.raises(PermissionError, match="tests must not use Debian's data sets"):
+        open(target, "rb")
+    with pytest.raises((PermissionError, FileNotFoundError)):   # refused here; absent on a fresh machine
+        load_fashion_mnist("train")
+    code = f"open({target!r}, 'rb')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode != 0 and "tests must not use Debian's data sets" in proc.stderr

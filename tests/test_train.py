@@ -88,7 +88,7 @@ def test_bf16_autocast_and_bad_arguments(tmp_path):
 
 
 def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], str(ROOT)]))
     return env
 
 
@@ -208,7 +208,8 @@ def test_resume_names_a_damaged_checkpoint_and_falls_back_to_the_previous_one(tm
     assert resumed["eval_loss"] == full["eval_loss"]
 
 
-def test_resume_without_any_usable_checkpoint_or_from_another_run_says_so(tmp_path):
+def test_resume_without_any_usable_checkpoint_or_from_another_run_says_so(tmp_path, fashion_like, monkeypatch):
+    monkeypatch.setenv("RELZOO_FASHION_MNIST_DIR", str(fashion_like))
     train_classifier(_args(tmp_path, stop_after_steps=4))
     with pytest.raises(RunMismatchError) as err:  # before any weights are read: no state-dict mismatch dump
         train_classifier(_args(tmp_path, resume=True, model="san10_pair"))
