@@ -205,6 +205,8 @@ def test_bad_input_is_named(cls, config, change, error, message):
     ("backbone", "no_such_net", "timm model name"), ("key_dim", 0, "key_dim"), ("query_bn_stats", "ema", "support"),
     ("backbone_kwargs", {"num_classes": 3}, "must not set 'num_classes'"), ("chunk_size", -1, "chunk_size"),
     ("implementation", "cuda", "implementation"), ("num_channels", 0, "num_channels"),
+    ("head_init", "he", "`head_init` must be one of"), ("backbone_init", "kaiming", "`backbone_init` must be one of"),
+    ("test_bn_stats", "ema", "`test_bn_stats` must be one of"),
 ])
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -242,4 +244,129 @@ def test_pretrained_backbone_weights_survive_post_init(monkeypatch, cls, config_
     kept = cls(config_cls(backbone="resnet18", backbone_pretrained=True))
     assert bool((kept.backbone.conv1.weight == 0.123).all())
     scratch = cls(config_cls(backbone="resnet18"))
-    assert not bool((scratch.backbone.conv1.weight == 0).all())      # from scratch: relzoo's He initialisation
+    assert not bool((scratch.backbone.conv1.weight == 0).all())      # from scratch: the official initialisation
+
+
+def test_initialisation_choices():
+    """backbone_init "official": truncated normal std 0.1 cut at 2 std for every convolution, BatchNorm 1 / 0;
+    "timm": timm's own (zero-initialised last BatchNorm of each residual block). head_init "small": N(0, 1/C) keys,
+    N(0, 1/(C d_v)) values; "official": the backbone's truncated normal."""
+    torch.manual_seed(0)
+    official = CrossTransformerForFewShotClassification(CrossTransformerConfig(backbone="resnet18"))
+    convs = [m.weight for m in official.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(float(w.detach().abs().max()) <= 0.2 for w in convs)
+    weights = torch.cat([w.flatten() for w in convs])
+    assert abs(float(weights.std()) - 0.0880) < 0.002       # std of N(0, 0.1) cut at +-0.2
+    norms = [m for m in official.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all()) and bool((m.bias == 0).all()) for m in norms)
+    keys, values = official.head.key_proj.weight, official.head.value_proj.weight
+    assert abs(float(keys.std()) * 512 ** 0.5 - 1) < 0.02 and abs(float(values.std()) * (512 * 128) ** 0.5 - 1) < 0.02
+    timm_init = CrossTransformerForFewShotClassification(CrossTransformerConfig(
+        backbone="resnet18", backbone_init="timm", head_init="official"))
+    assert bool((timm_init.backbone.layer1[0].bn2.weight == 0).all())   # timm's zero_init_last kept
+    for proj in (timm_init.head.key_proj, timm_init.head.value_proj):
+        assert float(proj.weight.abs().max()) <= 0.2 and abs(float(proj.weight.std()) - 0.0880) < 0.004
+    proto = ProtoNetForFewShotClassification(ProtoNetConfig(backbone="resnet18"))
+    assert float(proto.backbone.conv1.weight.abs().max()) <= 0.2
+    assert (proto.config.test_bn_stats, official.config.test_bn_stats) == ("support", "running")
+
+
+def _digit_episode(shots=5, queries=3, size=64):
+    """A 5-way episode of scikit-learn digits (0-4) at ``size`` px, in [-1, 1] like the episode transform."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32) / 8 - 1
+    def take(c, n, start):
+        x = images[torch.tensor(digits.target) == c][start:start + n][:, None].expand(-1, 3, -1, -1)
+        return torch.nn.functional.interpolate(x, size=size, mode="bilinear")
+    support = torch.cat([take(c, shots, 0) for c in range(5)])
+    query = torch.cat([take(c, queries, 20) for c in range(5)])
+    return support, torch.arange(5).repeat_interleave(shots), query
+
+
+def _attention_spread(head_init: str):
+    """Mean largest weight, mean normalised entropy (1: uniform) and the smallest mean share of a class's attention
+    that one of its shots receives (uniform: 1/5), for the default config at its first training step."""
+    torch.manual_seed(0)
+    model = CrossTransformerForFewShotClassification(CrossTransformerConfig(head_init=head_init)).train()
+    support, labels, query = _digit_episode()
+    with torch.no_grad():
+        attentions = model(query, support, labels, output_attentions=True).attentions    # (Q, P, S, M)
+    largest, entropy, share = [], [], []
+    for c in range(5):
+        weights = attentions[:, :, labels == c]                                          # (Q, P, K, M)
+        flat = weights.flatten(2)
+        largest.append(flat.max(-1).values.mean())
+        entropy.append((-(flat.clamp_min(1e-30).log() * flat).sum(-1) / torch.log(torch.tensor(flat.shape[-1]))).mean())
+        share.append(weights.sum(-1).mean((0, 1)).min())
+    return float(torch.stack(largest).mean()), float(torch.stack(entropy).mean()), float(torch.stack(share).min())
+
+
+def test_default_attention_at_initialisation_is_not_saturated():
+    """The default config (resnet34 at output stride 16) must start with spread-out attention: with one-hot attention
+    the key projection gets almost no gradient and 5-shot is no better than 1-shot (issue 20). The released
+    initialisation (head_init="official") is saturated by the same measures, so the test can tell them apart."""
+    largest, entropy, _ = _attention_spread("small")
+    assert largest < 0.7 and entropy > 0.2, (largest, entropy)
+    largest, entropy, _ = _attention_spread("official")
+    assert largest > 0.8 and entropy < 0.1, (largest, entropy)
+
+
+def test_five_shot_logits_use_every_shot():
+    """With the default config every shot of a class shapes that class's logits: each shot gets a real share of its
+    class's attention (uniform would be 1/5; the released initialisation's one-hot attention gives some shots
+    almost none), every shot's features get a gradient from its class's logits, and other classes' shots none."""
+    share = _attention_spread("small")[2]
+    assert share > 1e-3 and _attention_spread("official")[2] < 1e-3
+    torch.manual_seed(0)
+    model = CrossTransformerForFewShotClassification(CrossTransformerConfig()).train()
+    support, labels, query = _digit_episode()
+    with torch.no_grad():
+        moments = SupportBatchNorm(model.backbone)
+        with moments.recording():
+            features = model.backbone.forward_features(support)
+        with moments.applying():
+            query_features = model.backbone.forward_features(query)
+    features.requires_grad_(True)
+    logits, _ = model.logits_from_features(query_features, features, labels)
+    for c in range(5):
+        grad = torch.autograd.grad(logits[:, c].sum(), features, retain_graph=True)[0].flatten(1).norm(dim=1)
+        assert float(grad[labels != c].max()) == 0 and float(grad[labels == c].min()) > 0, (c, grad)
+
+
+@pytest.mark.parametrize("mode", ["running", "support"])
+def test_test_bn_stats_option(mode):
+    """In evaluation, `running` gives each image features of its own (episode-independent: an evaluation may embed
+    images once); `support` (the official ProtoNet) normalises with the episode's support moments, so the same
+    query gets other features with another support set, and running statistics never change."""
+    torch.manual_seed(0)
+    model = ProtoNetForFewShotClassification(ProtoNetConfig(test_bn_stats=mode, **TINY)).eval()
+    assert model.episode_independent_features is (mode == "running")
+    support, labels, query, _ = _episode()
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        a = model(query, support, labels, output_hidden_states=True).hidden_states[0]
+        b = model(query, support * 3 + 1, labels, output_hidden_states=True).hidden_states[0]
+        own = model.embed(query)
+    assert torch.allclose(a, b) is (mode == "running")
+    assert torch.allclose(a, own) is (mode == "running")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    if mode == "support":   # the support set itself is normalised with its own moments, as the queries are
+        moments = SupportBatchNorm(model.backbone, in_eval=True)
+        first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        seen = []
+        handle = first.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        with torch.no_grad(), moments.recording():
+            model.backbone.forward_features(support)
+        handle.remove()
+        mean, var = moments.moments[id(first)]
+        torch.testing.assert_close(mean, seen[0].mean((0, 2, 3)))
+        torch.testing.assert_close(var, seen[0].var((0, 2, 3), unbiased=False))
+        import copy
+
+        batch_stats = copy.deepcopy(model.backbone).train()    # BatchNorm with batch statistics: the same features
+        with torch.no_grad():
+            expected = batch_stats.forward_features(support)
+            got = model(query, support, labels, output_hidden_states=True).support_hidden_states[0]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -151,12 +151,39 @@ def test_two_real_processes(tmp_path):
     assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()
 
 
-def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path, broken_image_folder):
+def test_episodes_from_pixels_agree_with_episodes_from_features(tmp_path):
+    """ProtoNet's official test-time BatchNorm (each episode's support moments) runs every episode through the whole
+    model; with running statistics that path must give exactly what the embed-once path gives."""
+    from accelerate import Accelerator
+
+    from relzoo.train.fewshot import build_model, embed_pool, evaluate_episodes, load_split, read_pool
+
+    accelerator = Accelerator(cpu=True)
+    ds = load_split("digits", "test")
+    rows = [i for i, label in enumerate(ds["label"]) if label >= 5][:60]
+    labels = [ds[i]["label"] for i in rows]
+    for test_bn_stats in ("running", "support"):
+        torch.manual_seed(0)
+        model = build_model(_args(tmp_path, model="protonet", test_bn_stats=test_bn_stats)).eval()
+        assert model.config.test_bn_stats == test_bn_stats
+        pixels, ok = read_pool(ds, rows, 32)
+        assert all(ok) and pixels.shape == (60, 3, 32, 32)
+        by_pixels = evaluate_episodes(model, pixels, labels, 3, 2, 3, 12, 0, accelerator, from_pixels=True)
+        if test_bn_stats == "running":
+            features, _ = embed_pool(model, ds, rows, 32, accelerator)
+            assert evaluate_episodes(model, features, labels, 3, 2, 3, 12, 0, accelerator) == by_pixels
+        else:
+            assert not model.episode_independent_features and by_pixels["episodes"] == 12
+
+
+@pytest.mark.parametrize("model", ["crosstransformer", "protonet"])
+def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path, broken_image_folder, model):
     from relzoo.data import UnreadableImageError
 
     broken = broken_image_folder(tmp_path / "data", classes=6, per_class=8)
     kw = dict(dataset=str(tmp_path / "data"), train_classes="0,1,2", eval_sets=f"{tmp_path / 'data'}:test:3,4,5",
-              eval_way=3, eval_shots="1", eval_queries=2, max_steps=8, checkpoint_every=0, save_model=False, simclr_probability=0)
+              eval_way=3, eval_shots="1", eval_queries=2, max_steps=8, checkpoint_every=0, save_model=False, simclr_probability=0,
+              model=model)   # ProtoNet's test episodes run from pixels (test_bn_stats "support"), CTX's from features
     with pytest.raises(UnreadableImageError, match=f"unreadable image '{broken[0]}'"):
         train_fewshot(_args(tmp_path / "stop", **kw))
     res = train_fewshot(_args(tmp_path / "skip", skip_unreadable_images=True, **kw))

@@ -30,8 +30,11 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CrossAttentionHead", "check_support_labels", "class_layout", "cross_attention_logits", "cross_attention_logits_reference",
+__all__ = ["HEAD_INITS", "CrossAttentionHead", "check_support_labels", "class_layout", "cross_attention_logits", "cross_attention_logits_reference",
            "prototype_logits", "prototype_logits_reference"]
+
+#: initialisations of the key/value projections (see :meth:`CrossAttentionHead.reset_parameters`)
+HEAD_INITS = ("small", "official")
 
 
 def check_support_labels(support_labels: torch.Tensor, num_support: int, num_classes: int | None = None) -> int:
@@ -180,6 +183,33 @@ class CrossAttentionHead(nn.Module):
         self.key_proj = nn.Conv2d(in_channels, key_dim, 1, bias=False)     # shared by keys and queries
         self.value_proj = nn.Conv2d(in_channels, value_dim, 1, bias=False)  # shared by support and query values
         self.chunk_size, self.implementation = chunk_size, implementation
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "small") -> None:
+        """Initialise both projections (see :meth:`init_projection`)."""
+        for proj in (self.key_proj, self.value_proj):
+            self.init_projection(proj, init)
+
+    @torch.no_grad()
+    def init_projection(self, proj: nn.Conv2d, init: str = "small") -> None:
+        """Initialise ``proj`` (``key_proj`` or ``value_proj``).
+
+        ``"small"``: zero-mean normal weights with std ``1/sqrt(C)`` for the key projection and ``1/sqrt(C * d_v)``
+        for the value projection (``C`` input channels). For unit-scale features the attention logits
+        ``<k, q>/sqrt(d_k)`` then start with a standard deviation of about 1 (spread-out attention, gradients reach
+        the key projection) and the distances are O(1) (a cross-entropy of about log N). ``"official"``: the released
+        model's truncated normal, std 0.1 cut at 2 std, for both; with 512 channels its attention logits start with
+        a standard deviation in the tens, so the softmax is one-hot from the first step."""
+        if init not in HEAD_INITS:
+            raise ValueError(f"`head_init` must be one of {HEAD_INITS}, got {init!r}")
+        if proj is not self.key_proj and proj is not self.value_proj:
+            raise ValueError("`proj` must be this head's key_proj or value_proj")
+        if init == "official":
+            nn.init.trunc_normal_(proj.weight, std=0.1, a=-0.2, b=0.2)
+        else:
+            fan = proj.in_channels * (1 if proj is self.key_proj else proj.out_channels)
+            nn.init.normal_(proj.weight, std=fan ** -0.5)
 
     def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` -> keys ``(B, H*W, key_dim)`` and values ``(B, H*W, value_dim)``."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["build_backbone", "check_backbone_config"]
+__all__ = ["build_backbone", "check_backbone_config", "keep_initialisation"]
 
 
 def check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels,
@@ -45,6 +45,13 @@ def build_backbone(name: str, kwargs: dict | None = None, in_chans: int = 3, pre
     head = {"num_classes": 0, "global_pool": ""} if headless else {}
     model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **head, **(kwargs or {}))
     if pretrained:
-        for module in model.modules():
-            module._is_hf_initialized = True
+        keep_initialisation(model)
+    return model
+
+
+def keep_initialisation(model: nn.Module) -> nn.Module:
+    """Mark every module of ``model`` initialised, so that the owning ``PreTrainedModel``'s ``post_init()`` keeps
+    the weights it has (timm's pretrained weights, or timm's own initialisation) instead of re-initialising them."""
+    for module in model.modules():
+        module._is_hf_initialized = True
     return model

@@ -31,8 +31,8 @@ from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAuto
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from ..layers.crosstransformer import CrossAttentionHead, check_support_labels, prototype_logits
-from .backbones import build_backbone, check_backbone_config
+from ..layers.crosstransformer import HEAD_INITS, CrossAttentionHead, check_support_labels, prototype_logits
+from .backbones import build_backbone, check_backbone_config, keep_initialisation
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
 
@@ -41,6 +41,8 @@ __all__ = ["AutoModelForFewShotClassification", "CrossTransformerConfig", "Cross
            "SupportBatchNorm", "build_backbone", "spatial_features"]
 
 QUERY_BN_STATS = ("support", "batch")
+TEST_BN_STATS = ("running", "support")
+BACKBONE_INITS = ("official", "timm")
 DEFAULT_BACKBONE_KWARGS = {"output_stride": 16}
 
 
@@ -66,14 +68,19 @@ class SupportBatchNorm:
     """Normalise queries with the support set's BatchNorm moments: run the support images under ``recording()`` and
     the queries under ``applying()``.
 
-    Forward hooks on every BatchNorm of a backbone: while ``recording``, each BatchNorm (in training mode) keeps the
-    batch mean and variance of its input; while ``applying``, each normalises its input with the kept moments
-    (gradients flow through them) instead of its own batch statistics, and leaves the running statistics alone."""
+    Forward hooks on every BatchNorm of a backbone: while ``recording``, each BatchNorm keeps the batch mean and
+    variance of its input; while ``applying``, each normalises its input with the kept moments (gradients flow
+    through them) instead of its own statistics, and leaves the running statistics alone.
 
-    def __init__(self, backbone: nn.Module):
+    In training (``BatchNorm.training``) the support images are normalised by BatchNorm itself with their batch
+    statistics, which also updates the running statistics. ``in_eval=True`` covers BatchNorms in eval mode too: the
+    support images are then normalised with their own moments as well, and no running statistic changes (the
+    official ProtoNet's test-time normalisation)."""
+
+    def __init__(self, backbone: nn.Module, in_eval: bool = False):
         self.norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.mode = None
+        self.in_eval = in_eval
 
     def _record(self, module, args):
         x = args[0]
@@ -95,7 +102,12 @@ class SupportBatchNorm:
     @contextlib.contextmanager
     def recording(self):
         self.moments.clear()
-        handles = [m.register_forward_pre_hook(self._record) for m in self.norms if m.training]
+        handles = []
+        for m in self.norms:
+            if m.training or self.in_eval:
+                handles.append(m.register_forward_pre_hook(self._record))
+            if not m.training and self.in_eval:  # eval mode: normalise with the recorded moments, not running ones
+                handles.append(m.register_forward_hook(self._apply))
         try:
             yield
         finally:
@@ -104,14 +116,15 @@ class SupportBatchNorm:
 
     @contextlib.contextmanager
     def applying(self):
-        active = [m for m in self.norms if m.training and id(m) in self.moments]
+        active = [m for m in self.norms if id(m) in self.moments]
         handles = [m.register_forward_hook(self._apply) for m in active]
-        for m in active:
+        training = [m for m in active if m.training]
+        for m in training:
             m.train(False)  # its own forward then neither uses nor updates batch statistics
         try:
             yield
         finally:
-            for m in active:
+            for m in training:
                 m.train(True)
             for h in handles:
                 h.remove()
@@ -144,25 +157,30 @@ def check_query_labels(query_labels, num_queries: int, num_classes: int) -> None
 # ----------------------------------------------------------------------------------------------------------------
 # configs
 # ----------------------------------------------------------------------------------------------------------------
-def _check_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats) -> dict:
-    kwargs = check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels,
-                                   reserved=("num_classes", "global_pool", "in_chans", "pretrained"))
-    if query_bn_stats not in QUERY_BN_STATS:
-        raise ValueError(f"`query_bn_stats` must be one of {QUERY_BN_STATS}, got {query_bn_stats!r}")
-    return dict(DEFAULT_BACKBONE_KWARGS) if backbone_kwargs is None and backbone == "resnet34" else kwargs
+def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
 
 
 class _FewShotConfig(PreTrainedConfig):
-    def _set_common(self, backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats):
-        self.backbone_kwargs = _check_common(backbone, backbone_kwargs, backbone_pretrained, num_channels,
-                                             query_bn_stats)
+    def _set_common(self, backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats,
+                    test_bn_stats, backbone_init):
+        kwargs = check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels,
+                                       reserved=("num_classes", "global_pool", "in_chans", "pretrained"))
+        _check_choice("query_bn_stats", query_bn_stats, QUERY_BN_STATS)
+        _check_choice("test_bn_stats", test_bn_stats, TEST_BN_STATS)
+        _check_choice("backbone_init", backbone_init, BACKBONE_INITS)
+        self.backbone_kwargs = dict(DEFAULT_BACKBONE_KWARGS) if backbone_kwargs is None and backbone == "resnet34" \
+            else kwargs
         self.backbone, self.backbone_pretrained = backbone, backbone_pretrained
-        self.num_channels, self.query_bn_stats = num_channels, query_bn_stats
+        self.num_channels, self.query_bn_stats, self.test_bn_stats = num_channels, query_bn_stats, test_bn_stats
+        self.backbone_init = backbone_init
 
 
 class CrossTransformerConfig(_FewShotConfig):
     r"""Configuration of a CrossTransformers few-shot classifier (``model_type="crosstransformer"``). Defaults are the
-    official model.
+    official model except `head_init`: the released truncated-normal heads (std 0.1) start with one-hot attention
+    over 512-channel features, which at small budgets does not train (see `head_init` and the README).
 
     Args:
         backbone (`str`, defaults to `"resnet34"`): timm model name; its spatial feature map is kept.
@@ -177,15 +195,28 @@ class CrossTransformerConfig(_FewShotConfig):
             head's peak memory. 0: all queries at once, no recomputation.
         query_bn_stats (`str`, defaults to `"support"`): in training, normalise queries with the support set's
             BatchNorm moments (`"support"`, official) or with their own batch statistics (`"batch"`).
+        test_bn_stats (`str`, defaults to `"running"`): in evaluation, normalise with BatchNorm's running statistics
+            (`"running"`, the official CrossTransformers' `bn.use_ema`) or with the support set's moments, queries
+            included (`"support"`, the official ProtoNet's; every episode then runs the backbone again).
+        backbone_init (`str`, defaults to `"official"`): `"official"`: every backbone convolution from a truncated
+            normal with std 0.1 (cut at 2 std), BatchNorm scale 1 and offset 0, as the released model; `"timm"`: the
+            backbone as timm initialises it. Not used with `backbone_pretrained`.
+        head_init (`str`, defaults to `"small"`): `"small"`: key projection N(0, 1/C), value projection
+            N(0, 1/(C d_v)), so that attention logits start at O(1) and distances at O(1); `"official"`: the released
+            truncated normal with std 0.1 (attention logits with a standard deviation in the tens at 512 channels:
+            one-hot attention from the first step).
         implementation (`str`, defaults to `"fast"`): `"fast"` batched head or `"reference"` per-query loop.
     """
 
     model_type = "crosstransformer"
 
     def __init__(self, backbone="resnet34", backbone_kwargs=None, backbone_pretrained=False, num_channels=3,
-                 key_dim=128, value_dim=128, chunk_size=16, query_bn_stats="support", implementation="fast",
-                 **kwargs):
-        self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats)
+                 key_dim=128, value_dim=128, chunk_size=16, query_bn_stats="support", test_bn_stats="running",
+                 backbone_init="official", head_init="small", implementation="fast", **kwargs):
+        self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats, test_bn_stats,
+                         backbone_init)
+        _check_choice("head_init", head_init, HEAD_INITS)
+        self.head_init = head_init
         for name, value, low in (("key_dim", key_dim, 1), ("value_dim", value_dim, 1), ("chunk_size", chunk_size, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
@@ -208,13 +239,19 @@ class ProtoNetConfig(_FewShotConfig):
         num_channels (`int`, defaults to 3): input image channels.
         query_bn_stats (`str`, defaults to `"support"`): in training, normalise queries with the support set's
             BatchNorm moments (`"support"`) or with their own batch statistics (`"batch"`).
+        test_bn_stats (`str`, defaults to `"support"`): in evaluation, normalise support and queries with the support
+            set's BatchNorm moments (`"support"`, the official ProtoNet: its config does not set `bn.use_ema`; every
+            episode runs the backbone again) or with the running statistics (`"running"`).
+        backbone_init (`str`, defaults to `"official"`): `"official"`: every backbone convolution from a truncated
+            normal with std 0.1 (cut at 2 std), BatchNorm 1 / 0, as the released model; `"timm"`: timm's own.
     """
 
     model_type = "protonet"
 
     def __init__(self, backbone="resnet34", backbone_kwargs=None, backbone_pretrained=False, num_channels=3,
-                 query_bn_stats="support", **kwargs):
-        self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats)
+                 query_bn_stats="support", test_bn_stats="support", backbone_init="official", **kwargs):
+        self._set_common(backbone, backbone_kwargs, backbone_pretrained, num_channels, query_bn_stats, test_bn_stats,
+                         backbone_init)
         super().__init__(**kwargs)
 
 
@@ -261,25 +298,39 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     def _build_backbone(self, config) -> None:
         self.backbone = build_backbone(config.backbone, config.backbone_kwargs, config.num_channels,
                                        config.backbone_pretrained)
+        if config.backbone_init == "timm":
+            keep_initialisation(self.backbone)
         self._support = None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # He initialisation (fan out) for convolutions, as timm's CNNs; PyTorch defaults for everything else.
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        # the official initialisation: truncated normal (std 0.1, cut at 2 std) for every backbone convolution,
+        # PyTorch's defaults (BatchNorm 1 / 0) for the rest; CrossTransformers' projections follow `head_init`.
+        # (transformers skips modules without parameters of their own, such as the head itself: go by the conv.)
+        head = getattr(self, "head", None)
+        if isinstance(head, CrossAttentionHead) and (module is head.key_proj or module is head.value_proj):
+            head.init_projection(module, self.config.head_init)
+        elif isinstance(module, nn.Conv2d):
+            nn.init.trunc_normal_(module.weight, std=0.1, a=-0.2, b=0.2)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif hasattr(module, "reset_parameters") and not isinstance(module, PreTrainedModel):
             module.reset_parameters()
+
+    def _uses_support_moments(self) -> bool:
+        """Whether this forward normalises with the support set's BatchNorm moments (training: `query_bn_stats`;
+        evaluation: `test_bn_stats`)."""
+        if self.training:
+            return self.config.query_bn_stats == "support"
+        return getattr(self.config, "test_bn_stats", "running") == "support"
 
     # -- support handling ------------------------------------------------------------------------------------------
     def _embed_support(self, support_pixel_values, support_labels) -> dict:
         check_images("support_pixel_values", support_pixel_values, self.config.num_channels, self.dtype)
         num_classes = check_support_labels(support_labels, support_pixel_values.shape[0])
         moments = None
-        if self.training and self.config.query_bn_stats == "support":
-            moments = SupportBatchNorm(self.backbone)
+        if self._uses_support_moments():
+            moments = SupportBatchNorm(self.backbone, in_eval=not self.training)
             with moments.recording():
                 features = spatial_features(self.backbone, support_pixel_values)
         else:
@@ -292,16 +343,23 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     def _query_features(self, query_pixel_values, support) -> torch.Tensor:
         """Backbone maps of already-checked query images (support moments applied in training when recorded)."""
         moments = support["moments"]
-        if moments is not None and self.training:
+        if moments is not None and self._uses_support_moments():
             with moments.applying():
                 return spatial_features(self.backbone, query_pixel_values)
         return spatial_features(self.backbone, query_pixel_values)
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Backbone feature maps ``(B, C, h, w)`` of images ``(B, num_channels, H, W)`` (in eval mode they do not
-        depend on the episode, so an evaluation can embed every image once and reuse the maps)."""
+        """Backbone feature maps ``(B, C, h, w)`` of images ``(B, num_channels, H, W)``. In eval mode with
+        ``test_bn_stats="running"`` they do not depend on the episode (:attr:`episode_independent_features`), so an
+        evaluation can embed every image once and reuse the maps with :meth:`logits_from_features`."""
         check_images("pixel_values", pixel_values, self.config.num_channels, self.dtype)
         return spatial_features(self.backbone, pixel_values)
+
+    @property
+    def episode_independent_features(self) -> bool:
+        """Whether an image's backbone features are the same in every episode (eval mode with running BatchNorm
+        statistics); with the support set's moments (``test_bn_stats="support"``) every episode runs the backbone."""
+        return not self.training and not self._uses_support_moments()
 
     def logits_from_features(self, query_features: torch.Tensor, support_features: torch.Tensor,
                              support_labels: torch.Tensor, output_attentions: bool = False):

@@ -72,6 +72,14 @@ class FewShotTrainingArguments:
     query_bn_stats: str = field(default="support", metadata={
         "help": "training: queries normalised with the support set's BatchNorm moments (support, official) or "
                 "their own (batch)"})
+    test_bn_stats: str | None = field(default=None, metadata={
+        "help": "evaluation: BatchNorm with its running statistics (running) or with each episode's support moments "
+                "(support); default: the official choice of the model (CTX running, ProtoNet support)"})
+    backbone_init: str = field(default="official", metadata={
+        "help": "official (truncated normal std 0.1 for every convolution, BatchNorm 1/0) or timm (timm's own)"})
+    head_init: str = field(default="small", metadata={
+        "help": "CrossTransformers' key/value projections: small (O(1) attention logits and distances at the start) "
+                "or official (truncated normal std 0.1: one-hot attention at the start)"})
     attention_maps: int = field(default=0, metadata={
         "help": "write PNG attention pictures for this many test queries (CrossTransformers only)"})
     output_dir: str = field(default="outputs/fewshot", metadata={"help": "where everything goes"})
@@ -96,7 +104,8 @@ class FewShotTrainingArguments:
     def validate(self) -> None:
         """Check every argument before anything is loaded; one ``ValueError`` naming the argument and the value."""
         choices = {"model": MODELS, "recipe": RECIPES, "query_bn_stats": ("support", "batch"),
-                   "mixed_precision": ("no", "bf16")}
+                   "test_bn_stats": (None, "running", "support"), "backbone_init": ("official", "timm"),
+                   "head_init": ("small", "official"), "mixed_precision": ("no", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}")
@@ -235,38 +244,46 @@ def _pool(ds, classes, per_class: int | None, seed: int):
     return np.concatenate(rows), chosen
 
 
+def read_pool(ds, rows, image_size: int, skipped: set | None = None) -> tuple[torch.Tensor, list[bool]]:
+    """The given rows with the plain episode transform: pixels ``(len(rows), 3, image_size, image_size)`` and whether
+    each was readable. An unreadable image raises :class:`~relzoo.data.UnreadableImageError`, unless ``skipped`` is
+    a set: then its source is added there and its row is a blank image marked unreadable."""
+    from ..data.episodes import plain_episode_transform
+    from ..data.transforms import UnreadableImageError, read_image
+
+    transform = plain_episode_transform(image_size)
+    pixels, readable = [], []
+    for r in rows:
+        try:
+            pixels.append(transform(read_image(ds, r, "RGB")[0]))
+            readable.append(True)
+        except UnreadableImageError as err:
+            if skipped is None:
+                raise
+            skipped.add(err.source)
+            pixels.append(torch.zeros(3, image_size, image_size))
+            readable.append(False)
+    return (torch.stack(pixels) if pixels else torch.zeros(0, 3, image_size, image_size)), readable
+
+
 @torch.no_grad()
 def embed_pool(model, ds, rows, image_size: int, accelerator, batch_size: int = 128,
                skipped: set | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature maps ``(len(rows), C, h, w)`` of the given rows with the plain episode transform, computed in eval mode,
-    shared out over processes and gathered, and which rows were readable ``(len(rows),)`` bool. An unreadable image
-    raises :class:`~relzoo.data.UnreadableImageError`, unless ``skipped`` is a set: then its source is added there,
-    and its row is marked unreadable (its features are those of a blank image)."""
-    from ..data.episodes import plain_episode_transform
-    from ..data.transforms import UnreadableImageError, read_image
-
+    shared out over processes and gathered, and which rows were readable ``(len(rows),)`` bool (see
+    :func:`read_pool` for ``skipped``)."""
     net = accelerator.unwrap_model(model)
     net.eval()
-    transform = plain_episode_transform(image_size)
     world, rank = accelerator.num_processes, accelerator.process_index
     per = math.ceil(len(rows) / world)
     mine = list(rows[rank * per:(rank + 1) * per])
     mine += [rows[0]] * (per - len(mine))  # equal lengths on every process for the gather
     feats, readable = [], []
     for start in range(0, per, batch_size):
-        pixels = []
-        for r in mine[start:start + batch_size]:
-            try:
-                pixels.append(transform(read_image(ds, r, "RGB")[0]))
-                readable.append(True)
-            except UnreadableImageError as err:
-                if skipped is None:
-                    raise
-                skipped.add(err.source)
-                pixels.append(torch.zeros(3, image_size, image_size))
-                readable.append(False)
+        pixels, ok = read_pool(ds, mine[start:start + batch_size], image_size, skipped)
+        readable += ok
         with accelerator.autocast():
-            feats.append(net.embed(torch.stack(pixels).to(accelerator.device, net.dtype)).float())
+            feats.append(net.embed(pixels.to(accelerator.device, net.dtype)).float())
     local, ok = torch.cat(feats), torch.tensor(readable, device=accelerator.device)
     if world > 1:
         local, ok = accelerator.gather(local), accelerator.gather(ok)
@@ -274,10 +291,12 @@ def embed_pool(model, ds, rows, image_size: int, accelerator, batch_size: int = 
 
 
 @torch.no_grad()
-def evaluate_episodes(model, features: torch.Tensor, labels, n_way: int, n_shot: int, n_query: int, episodes: int,
-                      seed: int, accelerator) -> dict:
-    """Accuracy over ``episodes`` test episodes drawn from pre-computed ``features`` (``labels`` per row): mean and
-    95% confidence interval, gathered over processes."""
+def evaluate_episodes(model, inputs: torch.Tensor, labels, n_way: int, n_shot: int, n_query: int, episodes: int,
+                      seed: int, accelerator, from_pixels: bool = False) -> dict:
+    """Accuracy over ``episodes`` test episodes drawn from ``inputs`` (``labels`` per row): pre-computed features
+    (:func:`embed_pool`), or with ``from_pixels`` images (:func:`read_pool`) that every episode runs through the
+    whole model (needed when features depend on the episode, e.g. ``test_bn_stats="support"``). Mean and 95%
+    confidence interval, gathered over processes."""
     from accelerate.utils import gather_object
 
     from ..data.episodes import EpisodeSampler
@@ -290,11 +309,15 @@ def evaluate_episodes(model, features: torch.Tensor, labels, n_way: int, n_shot:
         items = sampler.episode(i)
         support = [it for it in items if not it.query]
         query = [it for it in items if it.query]
-        s_feat = features[[it.index for it in support]].to(accelerator.device, net.dtype)
-        q_feat = features[[it.index for it in query]].to(accelerator.device, net.dtype)
+        s_in = inputs[[it.index for it in support]].to(accelerator.device, net.dtype)
+        q_in = inputs[[it.index for it in query]].to(accelerator.device, net.dtype)
         s_lab = torch.tensor([it.label for it in support], device=accelerator.device)
         q_lab = torch.tensor([it.label for it in query], device=accelerator.device)
-        logits, _ = net.logits_from_features(q_feat, s_feat, s_lab)
+        if from_pixels:
+            with accelerator.autocast():
+                logits = net(query_pixel_values=q_in, support_pixel_values=s_in, support_labels=s_lab).logits
+        else:
+            logits, _ = net.logits_from_features(q_in, s_in, s_lab)
         accs.append((i, (logits.argmax(-1) == q_lab).float().mean().item()))
     accs = sorted(gather_object(accs)) if accelerator.num_processes > 1 else accs
     mean, ci = mean_confidence_interval([a for _, a in accs])
@@ -313,9 +336,11 @@ def build_model(args: FewShotTrainingArguments):
     )
 
     common = dict(backbone=args.backbone, backbone_kwargs=args.parsed_backbone_kwargs(),
-                  query_bn_stats=args.query_bn_stats)
+                  query_bn_stats=args.query_bn_stats, backbone_init=args.backbone_init)
+    if args.test_bn_stats is not None:
+        common["test_bn_stats"] = args.test_bn_stats
     if args.model == "crosstransformer":
-        return CrossTransformerForFewShotClassification(CrossTransformerConfig(**common))
+        return CrossTransformerForFewShotClassification(CrossTransformerConfig(**common, head_init=args.head_init))
     return ProtoNetForFewShotClassification(ProtoNetConfig(**common))
 
 
@@ -353,7 +378,8 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
     run = {"model": args.model, "backbone": args.backbone, "backbone_kwargs": args.parsed_backbone_kwargs(),
            "dataset": args.dataset, "train_classes": args.train_classes, "image_size": args.image_size,
            "episodes": [args.n_way, args.n_shot, args.n_query, args.variable_episodes, args.simclr_probability],
-           "recipe": args.recipe, "seed": args.seed, "num_processes": accelerator.num_processes}
+           "recipe": args.recipe, "seed": args.seed, "num_processes": accelerator.num_processes,
+           "init": [args.backbone_init, args.head_init if args.model == "crosstransformer" else None]}
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total,
                             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                             keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
@@ -416,17 +442,24 @@ def evaluate_all(model, args: FewShotTrainingArguments, accelerator, skipped: se
     """Every test set x shot count of ``args``: one row each with accuracy, CI and episode count. ``skipped``: see
     :func:`embed_pool` (unreadable images leave the pool)."""
     rows = []
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    from_pixels = not net.episode_independent_features
     for name, split, classes in args.parsed_eval_sets():
         ds = load_split(name, split)
         pool, chosen = _pool(ds, classes, args.eval_pool_per_class, args.seed)
-        features, readable = embed_pool(model, ds, pool, args.image_size, accelerator, skipped=skipped)
+        if from_pixels:   # features depend on the episode's support set: keep the images, run each episode
+            inputs, ok = read_pool(ds, pool, args.image_size, skipped)
+            readable = torch.tensor(ok, dtype=torch.bool)
+        else:             # every image embedded once
+            inputs, readable = embed_pool(model, ds, pool, args.image_size, accelerator, skipped=skipped)
         labels = [int(x) for x in ds.select(pool.tolist())["label"]] if len(pool) else []
         if not bool(readable.all()):
-            features = features[readable.to(features.device)]
+            inputs = inputs[readable.to(inputs.device)]
             labels = [label for label, ok in zip(labels, readable.tolist()) if ok]
         for shots in args.parsed_shots():
-            res = evaluate_episodes(model, features, labels, args.eval_way, shots, args.eval_queries,
-                                    args.eval_episodes, args.seed + 1, accelerator)
+            res = evaluate_episodes(model, inputs, labels, args.eval_way, shots, args.eval_queries,
+                                    args.eval_episodes, args.seed + 1, accelerator, from_pixels=from_pixels)
             row = {"dataset": name, "split": split, "classes": chosen, "way": args.eval_way, "shot": shots,
                    "queries": args.eval_queries, **res}
             rows.append(row)
