@@ -373,8 +373,8 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
     :class:`relzoo.HSNetForFewShotSegmentation`.
 
     ``module.hpn_learner.*`` becomes ``learner.*`` and ``module.backbone.*`` ``backbone.*`` (timm's ResNet and VGG
-    keep torchvision's names). VGG-16's ``classifier.*`` is not used by HSNet (its taps end at pool5) and is left
-    out; timm's VGG head, which HSNet never runs either, keeps its initialisation. Everything else is checked
+    keep torchvision's names). The backbone's classifier (ResNet's ``fc``, VGG-16's ``classifier``) is not used by
+    HSNet (its taps end before it), the model does not hold one, and its keys are left out. Everything else is checked
     strictly: a mismatch raises one ``ValueError`` naming the keys as the file names them, with expected and found
     shapes. ``use_support_mask=False`` marks the paper's unmasked (dagger) checkpoints."""
 
@@ -383,12 +383,12 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
     if backbone not in HSNET_BACKBONES:
         raise ValueError(f"`backbone` must be one of {HSNET_BACKBONES} (the released HSNet models), got {backbone!r}")
     _, original, output_dir = _open_conversion(checkpoint, output_dir, overwrite)
-    names = {_hsnet_key(k): k for k in original}
-    state = {_hsnet_key(k): v for k, v in original.items()
-             if not (backbone == "vgg16" and _hsnet_key(k).startswith("backbone.classifier."))}
     model = HSNetForFewShotSegmentation(HSNetConfig(backbone=backbone, use_support_mask=use_support_mask))
-    unused = ("backbone.pre_logits.", "backbone.head.") if backbone == "vgg16" else ()
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(unused)}
+    # the backbone's head (torchvision's `fc` / VGG's `classifier`) never runs: the model has none, leave it out
+    unused = tuple(f"backbone.{name}." for name in (*model.pruned_backbone_modules, "classifier"))
+    names = {_hsnet_key(k): k for k in original}
+    state = {_hsnet_key(k): v for k, v in original.items() if not _hsnet_key(k).startswith(unused)}
+    expected = model.state_dict()
     mismatched, missing, unexpected = _state_mismatch(state, expected, lambda k: names.get(k, "module." + k))
     if mismatched or missing or unexpected:
         parts = [f"{len(lst)} {what} ({'; '.join(lst[:3])}{'; ...' if len(lst) > 3 else ''})"

@@ -97,6 +97,42 @@ def test_save_load_through_the_auto_classes(tmp_path):
             torch.testing.assert_close(loaded(q, s, m).logits, model(q, s, m).logits)
 
 
+def test_backbone_is_frozen_on_every_load_path(tmp_path):
+    """from_pretrained builds new parameters: the backbone must come out frozen from every loader (it came out with
+    28 M trainable parameters on ResNet-50), so an optimiser over model.parameters() trains the learner only."""
+    model = HSNetForFewShotSegmentation(HSNetConfig(backbone="resnet50"))
+    model.save_pretrained(tmp_path)
+    for loader in (HSNetForFewShotSegmentation, AutoModel, AutoModelForFewShotSegmentation):
+        loaded = loader.from_pretrained(tmp_path)
+        for mode in (False, True):
+            loaded.train(mode)
+            assert sum(p.numel() for p in loaded.parameters() if p.requires_grad) == 2_573_794, (loader, mode)
+            assert not loaded.backbone.training
+
+
+def test_boolean_support_masks_are_accepted(resnet50_hsnet):
+    model = resnet50_hsnet.eval()
+    q, s, m, _ = _episode(seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(q, s, m.bool()).logits, model(q, s, m).logits)
+
+
+def test_the_backbone_keeps_nothing_after_its_last_tap(tmp_path):
+    """HSNet never runs the backbone's classifier: VGG-16's 123.6 M parameters of pre_logits and head made a 564 MB
+    folder. The model holds the backbone up to its taps (VGG-16 backbone 14.7 M + learner 2.57 M)."""
+    model = HSNetForFewShotSegmentation(HSNetConfig(backbone="vgg16")).eval()
+    assert model.pruned_backbone_modules == ["pre_logits", "head"]
+    assert sum(p.numel() for p in model.parameters()) == 14_714_688 + 2_570_018
+    assert not any(k.startswith(("backbone.pre_logits", "backbone.head")) for k in model.state_dict())
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").stat().st_size < 80e6
+    resnet = HSNetForFewShotSegmentation(HSNetConfig(backbone="resnet18"))
+    assert resnet.pruned_backbone_modules == ["global_pool", "fc"]
+    q, s, m, _ = _episode(b=1, h=64, w=64, seed=8)
+    with torch.no_grad():
+        assert model(q, s, m).logits.shape == (1, 2, 64, 64)
+
+
 def test_generic_backbone_and_non_square_images():
     model = HSNetForFewShotSegmentation(HSNetConfig(backbone="convnext_nano")).eval()
     q, s, m, _ = _episode(b=1, h=64, w=160, seed=4)
@@ -145,8 +181,6 @@ def _official_checkpoint(model, path, extra=None):
     """A state dict in the official layout: DataParallel's `module.` prefix, `hpn_learner.`, backbone included."""
     state = {}
     for key, value in model.state_dict().items():
-        if key.startswith(("backbone.pre_logits.", "backbone.head.")):
-            continue                                                     # timm's VGG head: not in torchvision's
         official = "module." + ("hpn_learner." + key.removeprefix("learner.") if key.startswith("learner.") else key)
         state[official] = value.clone()
     state.update(extra or {})
@@ -154,8 +188,8 @@ def _official_checkpoint(model, path, extra=None):
 
 
 @pytest.mark.parametrize("backbone,extra", [
-    ("resnet50", None),
-    ("vgg16", {"module.backbone.classifier.0.weight": torch.zeros(4096, 25088 // 64)}),  # torchvision's head
+    ("resnet50", {"module.backbone.fc.weight": torch.zeros(1000, 2048), "module.backbone.fc.bias": torch.zeros(1000)}),
+    ("vgg16", {"module.backbone.classifier.0.weight": torch.zeros(4096, 25088 // 64)}),  # torchvision's heads
 ])
 def test_official_checkpoint_converts_to_an_equal_model(tmp_path, backbone, extra):
     from relzoo.hub import convert_official_hsnet

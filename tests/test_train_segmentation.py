@@ -66,7 +66,7 @@ def test_backbone_pretraining_stage_trains_then_freezes_and_resumes_exactly(tmp_
     assert full["backbone_pretraining"]["steps"] == 4 and full["steps"] == 2
     trained = load_file(tmp_path / "full" / "backbone" / "final" / "backbone.safetensors")
     saved = load_file(tmp_path / "full" / "model" / "model.safetensors")
-    assert torch.equal(trained["fc.weight"], before["fc.weight"])                    # same start, classifier unused
+    assert "fc.weight" not in trained and "fc.weight" not in before                  # the classifier: never held
     assert not torch.equal(trained["layer3.0.conv1.weight"], before["layer3.0.conv1.weight"])   # it trained
     assert not torch.equal(trained["bn1.running_mean"], before["bn1.running_mean"])
     # then frozen: the HSNet steps leave it as stage 0 wrote it
@@ -96,12 +96,19 @@ def test_backbone_weights_from_a_fewshot_classifier(tmp_path, fashion_like):
                                                                                  "image_std": [0.5] * 3}))
     res = train_segmentation(_args(tmp_path / "run", fashion_like, max_steps=1, eval_shots="1", save_model=True,
                                    backbone_weights=str(tmp_path / "protonet" / "model.safetensors")))
-    assert res["backbone_weights"]["missing_classifier"] == ["fc.weight", "fc.bias"]
+    assert res["backbone_weights"]["missing_classifier"] == [] and res["backbone_weights"]["unused_classifier"] == []
     # the backbone's own normalisation is used for the episodes (normalization=auto) and saved with the model
     processor = json.loads((tmp_path / "run" / "model" / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.5] * 3 and processor["image_std"] == [0.5] * 3
     loaded = load_file(tmp_path / "run" / "model" / "model.safetensors")
     torch.testing.assert_close(loaded["backbone.layer3.0.conv1.weight"], source.backbone.layer3[0].conv1.weight)
+    import timm  # a whole classifier's weights: its head is left out, named
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("resnet18").state_dict(), tmp_path / "resnet18.safetensors")
+    res = train_segmentation(_args(tmp_path / "whole", fashion_like, max_steps=1, eval_shots="1", save_model=False,
+                                   backbone_weights=str(tmp_path / "resnet18.safetensors")))
+    assert res["backbone_weights"]["unused_classifier"] == ["fc.bias", "fc.weight"]
     wrong = ProtoNetForFewShotClassification(ProtoNetConfig(backbone="resnet34"))
     wrong.save_pretrained(tmp_path / "rn34")
     with pytest.raises(ValueError, match=r"do not fit resnet18: 0 with other shapes .*unexpected \['layer1.2"):

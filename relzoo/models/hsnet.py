@@ -30,7 +30,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features, shot_hypercorrelation
 from .backbones import build_backbone, check_backbone_config
-from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, resolve_taps
+from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, prune_after_taps, resolve_taps
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_image_batch
 
@@ -127,19 +127,24 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
 
     def __init__(self, config: HSNetConfig):
         super().__init__(config)
-        # the whole network (official checkpoints hold its classifier too); the forward stops after the last tap
+        # the network up to its last tap: what a forward never reaches before it (the classifier; VGG's 120 M
+        # parameter pre_logits) is dropped, and keys of official checkpoints for it are left out on conversion
         self.backbone = build_backbone(config.backbone, config.backbone_kwargs, config.num_channels,
                                        config.backbone_pretrained, headless=False)
         self.backbone.requires_grad_(False).eval()
         if config.feature_taps is None:
             config.feature_taps = resolve_taps(config.backbone, self.backbone, config.num_channels)
-        self._taps = FeatureTaps(self.backbone, [t for level in config.feature_taps for t in level])
+        taps = [t for level in config.feature_taps for t in level]
+        self.pruned_backbone_modules = prune_after_taps(self.backbone, taps, config.num_channels)
+        self._taps = FeatureTaps(self.backbone, taps)
         self.learner = HypercorrelationLearner([len(level) for level in config.feature_taps][::-1])
         self.post_init()
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.backbone.eval()   # frozen, BatchNorm statistics included
+        # frozen, BatchNorm statistics included; requires_grad again too: loading weights (from_pretrained, which
+        # ends with eval()) builds new parameters that would be trainable
+        self.backbone.requires_grad_(False).eval()
         return self
 
     @torch.no_grad()
@@ -173,7 +178,8 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
             raise ValueError(f"`support_masks` must have shape {(*support.shape[:2], *support.shape[-2:])} (B, K, H, "
                              f"W of the support images), got "
                              f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__}")
-        _check_binary("support_masks", masks, (0, 1))
+        if masks.dtype != torch.bool:   # a bool mask is binary by construction (the official code accepts it)
+            _check_binary("support_masks", masks, (0, 1))
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
                 raise TypeError(f"`labels` must be an integer tensor (B, H, W), got "
@@ -196,6 +202,8 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
         support_features = self.extract_features(support_pixel_values.flatten(0, 1))
         groups = [len(level) for level in self.config.feature_taps]
         masks = support_masks if self.config.use_support_mask else None
+        if masks is not None and masks.dtype == torch.bool:
+            masks = masks.to(query_features[0].dtype)
         shot_logits, encodings = [], []
         for k in range(shots):   # one shot per learner pass: the 4D tensors of one shot, as the official loop holds
             features = [f.unflatten(0, (batch, shots))[:, k] for f in support_features]

@@ -18,7 +18,7 @@ import re
 import torch
 from torch import nn
 
-__all__ = ["FeatureTaps", "builtin_taps", "generic_taps", "resolve_taps"]
+__all__ = ["FeatureTaps", "builtin_taps", "generic_taps", "prune_after_taps", "resolve_taps"]
 
 LEVEL_STRIDES = (8, 16, 32)
 
@@ -156,3 +156,28 @@ class FeatureTaps:
         out = [self._store[i] for i in range(len(self.names))]
         self._store = {}
         return out
+
+
+def prune_after_taps(model: nn.Module, names: list[str], in_chans: int = 3) -> list[str]:
+    """Replace the top-level children of ``model`` that a forward pass never reaches before its last tap (the
+    classifier and, for VGG, the 120 M-parameter ``pre_logits``) by ``nn.Identity``; returns their names.
+
+    Which children run is measured with one forward pass of a small blank image up to the last tap (it works on
+    the meta device too), so the rule does not depend on the order in which a model declares its modules."""
+    children = dict(model.named_children())
+    reached: set[str] = set()
+    hooks = [child.register_forward_pre_hook(lambda module, args, name=name: reached.add(name))
+             for name, child in children.items()]
+    try:
+        ref = next(model.parameters())
+        probe = torch.zeros(1, in_chans, 2 * LEVEL_STRIDES[-1], 2 * LEVEL_STRIDES[-1], device=ref.device,
+                            dtype=ref.dtype)
+        with FeatureTaps(model, names) as taps, torch.no_grad():
+            taps.run(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    unused = [name for name in children if name not in reached]
+    for name in unused:
+        setattr(model, name, nn.Identity())
+    return unused

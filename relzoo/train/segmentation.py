@@ -240,9 +240,10 @@ def image_statistics(args: SegmentationTrainingArguments) -> tuple[list[float], 
 
 
 def load_backbone_weights(model, path: str) -> dict:
-    """Load a state dict into ``model.backbone`` (``backbone.`` prefixes stripped). Only the classifier may be
-    missing (HSNet never runs it); any other missing, unexpected or mis-shaped key raises a ``ValueError`` naming
-    it. Returns ``{"loaded": n, "missing_classifier": [...]}``."""
+    """Load a state dict into ``model.backbone`` (``backbone.`` prefixes stripped). The classifier may be missing,
+    and its keys are left out when present (HSNet never runs it and holds none: ``pruned_backbone_modules``); any
+    other missing, unexpected or mis-shaped key raises a ``ValueError`` naming it. Returns ``{"loaded": n,
+    "missing_classifier": [...], "unused_classifier": [...]}``."""
     from ..hub import load_checkpoint_safely
 
     if str(path).endswith(".safetensors"):
@@ -254,6 +255,9 @@ def load_backbone_weights(model, path: str) -> dict:
         raw = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
     prefixed = any(k.startswith("backbone.") for k in raw)
     state = {k.removeprefix("backbone."): v for k, v in raw.items() if k.startswith("backbone.") or not prefixed}
+    pruned = tuple(f"{name}." for name in getattr(model, "pruned_backbone_modules", ()))
+    unused = sorted(k for k in state if k.startswith(pruned))
+    state = {k: v for k, v in state.items() if not k.startswith(pruned)}
     expected = model.backbone.state_dict()
     classifier = model.backbone.pretrained_cfg.get("classifier", "fc") if hasattr(model.backbone,
                                                                                    "pretrained_cfg") else "fc"
@@ -268,7 +272,7 @@ def load_backbone_weights(model, path: str) -> dict:
                          f"{len(shapes)} with other shapes {shapes[:3]}, {len(problems)} missing {problems[:3]}, "
                          f"{len(unexpected)} unexpected {unexpected[:3]}")
     model.backbone.load_state_dict(state, strict=False)
-    return {"loaded": len(state), "missing_classifier": missing}
+    return {"loaded": len(state), "missing_classifier": missing, "unused_classifier": unused}
 
 
 def segmentation_episodes(args: SegmentationTrainingArguments, split: str, shots: int, episodes: int | None,
