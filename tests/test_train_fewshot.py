@@ -190,3 +190,29 @@ def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path, bro
     assert res["steps"] == 8 and res["skipped_unreadable_images"] == 2
     assert res["skipped_unreadable_files"] == sorted(repr(str(p)) for p in broken)
     assert res["results"][0]["episodes"] == 20
+
+
+def test_fewshot_table_runs_folds_and_seeds_and_keeps_finished_runs(tmp_path, fashion_like, monkeypatch, capsys):
+    """scripts/fewshot_table.py: both class folds, several seeds, a table per fold with the spread across seeds;
+    runs already in table.json with the same arguments are kept on a second call."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import fewshot_table
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    monkeypatch.setenv("RELZOO_FASHION_MNIST_DIR", str(fashion_like))
+    tiny = ["--backbone=test_resnet", '--backbone_kwargs={"output_stride": 8}', "--image_size=32", "--n_way=3",
+            "--n_shot=2", "--n_query=2", "--max_steps=2", "--eval_way=3", "--eval_shots=1,2", "--eval_queries=2",
+            "--eval_episodes=4", "--eval_pool_per_class=6", "--log_every=1"]
+    argv = ["--output_dir", str(tmp_path), "--rows", "0,2", "--seeds", "0,1", "--folds", "0,1", *tiny]
+    table = fewshot_table.main(argv)
+    runs = json.loads((tmp_path / "table.json").read_text())["runs"]
+    assert sorted((r["fold"], r["seed"], r["row"]) for r in runs) == [(f, s, i) for f in (0, 1) for s in (0, 1)
+                                                                    for i in (0, 2)]
+    fold1 = next(r for r in runs if r["fold"] == 1)
+    assert fold1["arguments"]["train_classes"] == "1,3,5,7,9" and fold1["results"][0]["classes"] == [0, 2, 4, 6, 8]
+    assert table.count("| ProtoNet |") == 2 and table.count("| CTX |") == 2 and "Fold 1: trained on" in table
+    assert " ± " in table.split("| ProtoNet |")[1].split("\n")[0]       # the spread across the two seeds
+    capsys.readouterr()
+    assert fewshot_table.main(argv) == table                            # nothing rerun
+    assert capsys.readouterr().out.count("kept from") == 8
