@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,34 +18,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers import PreTrainedModel
 
 from .checksums import write_checksums
+from .fileio import atomic_folder, check_output_folder, load_checkpoint_safely
 from .models.san import SAN, SAN_VARIANTS, SANForImageClassification, checkpoint_filter_fn
 from .remote_code import _registered_class, auto_map_for, write_remote_code
 from .variants import NO_WEIGHTS_MARK
-
-
-@contextmanager
-def atomic_folder(path: str | os.PathLike):
-    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        # mkdtemp makes a private folder (0700) and some writers use private temp files (0600): give everything the
-        # permissions a plain mkdir / open would have under the user's umask
-        mask = _umask()
-        for item in [tmp, *tmp.rglob("*")]:
-            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _card_text(*, model_id: str, architecture: str, description: str, usage: str, dataset: str | None,
@@ -101,8 +75,11 @@ SAN_PAPER = "Zhao, Jia and Koltun, *Exploring Self-attention for Image Recogniti
 
 def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_names: list[str], image_size: int,
                     crop_pct: float, mean, std, model_id: str | None = None, dataset: str | None = None,
-                    metrics: dict | None = None, training: dict | None = None, license: str = "apache-2.0") -> Path:
-    """Write ``model`` (a timm model, relzoo's or any other) as a Hub-ready folder, atomically.
+                    metrics: dict | None = None, training: dict | None = None, license: str = "apache-2.0",
+                    overwrite: bool = False, inputs=()) -> Path:
+    """Write ``model`` (a timm model, relzoo's or any other) as a Hub-ready folder, atomically (a non-empty
+    ``folder`` is replaced only with ``overwrite``; one holding any of ``inputs`` never: see
+    :func:`relzoo.fileio.atomic_folder`).
 
     relzoo SAN models are saved as transformers ``SANForImageClassification`` (``config.json`` with
     ``model_type: san`` and timm's fields, ``model.safetensors``); other timm models in timm's format,
@@ -115,7 +92,7 @@ def save_hub_folder(model: torch.nn.Module, folder: str | os.PathLike, *, class_
     label2id = {n: i for i, n in id2label.items()}
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     model_id = model_id or f"{arch}-finetuned"
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite=overwrite, inputs=inputs) as tmp:
         if isinstance(model, SAN):
             hf = SANForImageClassification.from_timm(model, id2label=id2label, label2id=label2id)
             hf.config.pretrained_cfg = _timm_preprocessing(model, image_size, crop_pct, mean, std)
@@ -195,38 +172,6 @@ def add_remote_code(folder: str | os.PathLike, model_class: type) -> list[str]:
     return files
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def load_checkpoint_safely(path: str | os.PathLike, what: str = "checkpoint") -> dict:
-    """``torch.load(path, weights_only=True)`` with one clear error for each way a foreign file can be unusable:
-    missing, not a PyTorch file (or damaged), or holding pickled code/objects (refused, never executed)."""
-    import pickle
-    import re
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"`{what}` {str(path)!r} does not exist or is not a file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        detail = f" (it refers to {found.group(1)})" if found else ""
-        raise ValueError(f"`{what}` {str(path)!r} holds Python code or objects besides tensors{detail}; relzoo refuses "
-                         "to unpickle such files for safety. Re-save the weights as a plain state dict of tensors "
-                         "(or safetensors) where the file is trusted.") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise ValueError(f"`{what}` {str(path)!r} is not a readable PyTorch checkpoint (damaged or another format: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"`{what}` {str(path)!r} must hold a dict of tensors (or {{'state_dict': ...}}), "
-                         f"got {type(raw).__name__}")
-    return raw
-
-
 def _state_mismatch(state: dict, expected: dict, original_name) -> tuple[list[str], list[str], list[str]]:
     """Mismatched shapes, missing and unexpected keys, each named as in the user's file (``original_name``)."""
     mismatched = [f"{original_name(k)}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
@@ -238,13 +183,11 @@ def _state_mismatch(state: dict, expected: dict, original_name) -> tuple[list[st
 
 def _open_conversion(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool
                      ) -> tuple[dict, dict, Path]:
-    """What every converter does first: refuse a non-empty ``output_dir`` unless ``overwrite``, read the checkpoint
-    safely, and return it raw, its state dict (``raw["state_dict"]`` or ``raw`` itself, tensors only) and the
-    output path."""
+    """What every converter does first: refuse a non-empty ``output_dir`` unless ``overwrite`` and one holding the
+    checkpoint in any case, read the checkpoint safely, and return it raw, its state dict (``raw["state_dict"]`` or
+    ``raw`` itself, tensors only) and the output path."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"`output` {str(output_dir)!r} exists and is not empty; pass --overwrite "
-                              "(overwrite=True) to replace it")
+    check_output_folder(output_dir, overwrite=overwrite, inputs=(checkpoint,))   # before the checkpoint is read
     raw = load_checkpoint_safely(checkpoint)
     original = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
     bad = [k for k, v in original.items() if not isinstance(v, torch.Tensor)]
@@ -295,6 +238,7 @@ def convert_official_san(checkpoint: str | os.PathLike, variant: str, output_dir
                            crop_pct=0.875, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
                            model_id=f"relzoo/{variant}.in1k",
                            dataset="imagenet-1k", license="mit",  # the official SAN release is MIT-licensed
+                           overwrite=overwrite, inputs=(checkpoint,),
                            training={"source": "official SAN checkpoint", "checkpoint": Path(checkpoint).name})
 
 
@@ -303,9 +247,31 @@ CTX_PAPER = ("Doersch, Gupta and Zisserman, *CrossTransformers: spatially-aware 
 PROTONET_PAPER = "Snell, Swersky and Zemel, *Prototypical Networks for Few-shot Learning*, NeurIPS 2017 (arXiv:1703.05175)"
 
 
+def trained_card(path: Path, model, *, model_id: str, tags: list[str], dataset: str | None, license: str,
+                 metrics: list[str], eval_results: list, usage: str, results_table: list[str], training: dict | None,
+                 script: str, paper: str) -> None:
+    """The model card of a folder trained by relzoo (few-shot classifiers, HSNet): what it is, how to load it, the
+    measured results (card metadata and a table), the exact training arguments and the paper."""
+    data = ModelCardData(library_name="transformers", license=license, model_name=model_id, tags=tags,
+                         datasets=[dataset] if dataset else None, metrics=metrics, eval_results=eval_results or None)
+    lines = [f"# {model_id}", "",
+             f"`{type(model).__name__}` on a `{model.config.backbone}` backbone (timm), trained by relzoo"
+             + (f" on {dataset}" if dataset else "") + ". These are weights trained here, not converted official "
+             "weights.", "", "## How to use", "", "```python", usage, "```", ""]
+    if results_table:
+        lines += [*results_table, ""]
+    if training:
+        lines += ["## Training", "", f"Command: `python {script}` with these arguments:", "",
+                  "```json", json.dumps(training, indent=2, sort_keys=True, default=str), "```", ""]
+    lines += ["## Architecture", "", f"From {paper}. Made with relzoo: `import relzoo` before loading (or "
+              "`trust_remote_code=True`: the folder holds relzoo's modeling code, which needs torch, timm, "
+              "transformers and einops).", ""]
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(path)
+
+
 def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, results: list[dict] | None = None,
                         training: dict | None = None, dataset: str | None = None, model_id: str | None = None,
-                        license: str = "apache-2.0") -> Path:
+                        license: str = "apache-2.0", overwrite: bool = False) -> Path:
     """Write a few-shot classifier (``CrossTransformerForFewShotClassification`` / ``ProtoNetForFewShotClassification``)
     as a Hub-ready folder, atomically: weights, config, an image processor (resize to ``image_size``, scale to
     [-1, 1]) and a model card whose model-index holds the measured accuracies (``results`` rows from
@@ -315,7 +281,7 @@ def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, re
     kind = model.config.model_type
     paper = CTX_PAPER if kind == "crosstransformer" else PROTONET_PAPER
     model_id = model_id or f"{kind}-{model.config.backbone}" + (f"-{dataset}" if dataset else "")
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         add_remote_code(tmp, type(model))
         ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3,
@@ -326,34 +292,23 @@ def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, re
                                    metric_type="accuracy", metric_value=round(100 * r["accuracy"], 2),
                                    metric_name=f"accuracy over {r['episodes']} episodes (± {100 * r['ci95']:.2f} CI95)")
                         for r in results or []]
-        data = ModelCardData(library_name="transformers", license=license, model_name=model_id,
-                             tags=["few-shot", "relzoo", kind, "timm"], datasets=[dataset] if dataset else None,
-                             metrics=["accuracy"], eval_results=eval_results or None)
-        cls = type(model).__name__
-        lines = [f"# {model_id}", "",
-                 f"`{cls}` on a `{model.config.backbone}` backbone (timm), trained by relzoo"
-                 + (f" on {dataset}" if dataset else "") + ". These are weights trained here, not converted official "
-                 "weights.", "", "## How to use", "",
-                 "```python\nimport relzoo  # registers the architecture with transformers\n"
+        table = []
+        if results:
+            table = ["## Results (mean accuracy ± 95% confidence interval over test episodes, unseen classes)", "",
+                     "| test set | classes | way | shot | queries/class | episodes | accuracy (%) |",
+                     "|---|---|---|---|---|---|---|"]
+            table += [f"| {r['dataset']} ({r['split']}) | {r['classes']} | {r['way']} | {r['shot']} | {r['queries']} | "
+                      f"{r['episodes']} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} |" for r in results]
+        usage = ("import relzoo  # registers the architecture with transformers\n"
                  "from transformers import AutoImageProcessor\n"
                  "model = relzoo.AutoModelForFewShotClassification.from_pretrained(FOLDER_OR_REPO).eval()\n"
                  "processor = AutoImageProcessor.from_pretrained(FOLDER_OR_REPO)\n"
                  "support = processor(support_images, return_tensors='pt').pixel_values   # (S, 3, H, W)\n"
                  "model.set_support(support, support_labels)                             # labels in 0..N-1\n"
-                 "logits = model(query_pixel_values=processor(queries, return_tensors='pt').pixel_values).logits\n"
-                 "```", ""]
-        if results:
-            lines += ["## Results (mean accuracy ± 95% confidence interval over test episodes, unseen classes)", "",
-                      "| test set | classes | way | shot | queries/class | episodes | accuracy (%) |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {r['dataset']} ({r['split']}) | {r['classes']} | {r['way']} | {r['shot']} | {r['queries']} | "
-                      f"{r['episodes']} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} |" for r in results]
-            lines += [""]
-        if training:
-            lines += ["## Training", "", "Command: `python scripts/train_fewshot.py` with these arguments:", "",
-                      "```json", json.dumps(training, indent=2, sort_keys=True, default=str), "```", ""]
-        lines += ["## Architecture", "", f"From {paper}. Made with relzoo: `import relzoo` before loading.", ""]
-        ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(tmp / "README.md")
+                 "logits = model(query_pixel_values=processor(queries, return_tensors='pt').pixel_values).logits")
+        trained_card(tmp / "README.md", model, model_id=model_id, tags=["few-shot", "relzoo", kind, "timm"],
+                     dataset=dataset, license=license, metrics=["accuracy"], eval_results=eval_results, usage=usage,
+                     results_table=table, training=training, script="scripts/train_fewshot.py", paper=paper)
     return Path(folder)
 
 
@@ -397,7 +352,7 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
         raise ValueError(f"checkpoint {str(checkpoint)!r} does not match HSNet on {backbone}: {', '.join(parts)}")
     model.load_state_dict(state, strict=False)
     model_id = f"relzoo/hsnet-{backbone}" + ("" if use_support_mask else "-unmasked")
-    with atomic_folder(output_dir) as tmp:
+    with atomic_folder(output_dir, overwrite=overwrite, inputs=(checkpoint,)) as tmp:
         write_hsnet_files(tmp, model, 400, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         data = ModelCardData(library_name="transformers", model_name=model_id,
                              tags=["few-shot", "segmentation", "relzoo", "hsnet", "timm"])
@@ -408,7 +363,8 @@ def convert_official_hsnet(checkpoint: str | os.PathLike, backbone: str, output_
                  "model = relzoo.AutoModelForFewShotSegmentation.from_pretrained(FOLDER_OR_REPO).eval()\n"
                  "out = model(query_pixel_values=q, support_pixel_values=s, support_masks=m)   # 400 x 400, ImageNet norm\n"
                  "mask = out.predicted_mask\n```", "",
-                 "## Architecture", "", f"From {HSNET_PAPER}. Made with relzoo: `import relzoo` before loading.", "",
+                 "## Architecture", "", f"From {HSNET_PAPER}. Made with relzoo: `import relzoo` before loading (or "
+                 "`trust_remote_code=True`, needing torch, timm, transformers and einops).", "",
                  "## License", "", "The weights' terms are those of the official release (juhongm999/hsnet); relzoo "
                  "does not record them here.", ""]
         ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(tmp / "README.md")
@@ -431,11 +387,18 @@ _TOKEN_PATTERNS = (r"hf_[A-Za-z0-9]{30,}", r"-----BEGIN [A-Z ]*PRIVATE KEY-----"
 def check_export_folder(folder: str | os.PathLike) -> list[str]:
     """The files of ``folder`` that a push uploads, after refusing anything that does not belong in an export.
 
-    Refused, with the reason: a missing ``config.json``; sub-folders and links (a link can point anywhere on the
-    machine); files that look like credentials by name (``.env``, ``token``, keys, ...) or hold a token or a private
-    key in their text; any other file that is not part of what relzoo writes (weights, config, card, image
-    processor, checksum manifest, and the remote-code modules ``config.json``'s ``auto_map`` needs)."""
+    Refused, with the reason: a missing ``config.json``; sub-folders, links and hard links (a link can point
+    anywhere on the machine, a hard link may be another file's content); files that look like credentials by name
+    (``.env``, ``token``, keys, ...) or hold a token or a private key in their text; any other file that is not part
+    of what relzoo writes (weights, config, card, image processor, checksum manifest, and the remote-code modules
+    ``config.json``'s ``auto_map`` needs). Every weights file must parse completely as safetensors holding tensors
+    only (:func:`relzoo.fileio.check_safetensors_file`; its metadata is scanned like text), and ``checksums.json``
+    must list every weights file and verify (weights damaged or replaced after saving are not uploaded)."""
     import re
+    import stat
+
+    from .checksums import ChecksumError, read_checksums, verify_checksums
+    from .fileio import check_safetensors_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -444,26 +407,55 @@ def check_export_folder(folder: str | os.PathLike) -> list[str]:
         raise ValueError(f"`folder` {str(folder)!r} has no config.json: it is not a model export (write one with "
                          "scripts/push_to_hub.py --dry-run, save_hub_folder or save_pretrained)")
     allowed = set(EXPORT_FILES) | _remote_code_names(folder)
+
+    def secret_in(text: str) -> str | None:
+        return next((p for p in _TOKEN_PATTERNS if re.search(p, text)), None)
+
     problems, files = [], []
     for item in sorted(folder.iterdir()):
-        name = item.name
-        lower = name.lower()
-        if item.is_symlink():
+        name, lower = item.name, item.name.lower()
+        info = item.lstat()
+        if stat.S_ISLNK(info.st_mode):
             problems.append(f"{name}: a link (it may point outside the export)")
-        elif item.is_dir():
+        elif stat.S_ISDIR(info.st_mode):
             problems.append(f"{name}/: a sub-folder (exports are flat)")
+        elif not stat.S_ISREG(info.st_mode):
+            problems.append(f"{name}: not a regular file")
+        elif info.st_nlink > 1:
+            problems.append(f"{name}: a hard link ({info.st_nlink} names for one file: it may be another file's "
+                            "content)")
         elif lower in _CREDENTIAL_NAMES or lower.endswith(_CREDENTIAL_SUFFIXES) or lower.startswith(".env"):
             problems.append(f"{name}: looks like a credentials file")
         elif name not in allowed:
             problems.append(f"{name}: not part of a relzoo export (allowed: {', '.join(sorted(allowed))})")
-        else:
-            if not name.endswith(".safetensors"):
-                text = item.read_text(errors="replace")
-                hit = next((p for p in _TOKEN_PATTERNS if re.search(p, text)), None)
-                if hit:
-                    problems.append(f"{name}: holds what looks like a secret (matches {hit!r})")
-                    continue
+        elif name.endswith(".safetensors"):
+            try:
+                metadata = check_safetensors_file(item)
+            except ValueError as err:
+                problems.append(f"{name}: not {str(err).split(' is not ', 1)[-1]}")
+                continue
+            hit = secret_in(json.dumps(metadata))
+            if hit:
+                problems.append(f"{name}: its metadata holds what looks like a secret (matches {hit!r})")
+                continue
             files.append(name)
+        else:
+            hit = secret_in(item.read_text(errors="replace"))
+            if hit:
+                problems.append(f"{name}: holds what looks like a secret (matches {hit!r})")
+                continue
+            files.append(name)
+    if not problems:
+        try:
+            listed = read_checksums(folder)
+            if listed is None:
+                raise ChecksumError("checksums.json is missing: the weights cannot be checked")
+            unlisted = [n for n in files if n.endswith(".safetensors") and n not in listed]
+            if unlisted:
+                raise ChecksumError(f"checksums.json does not list {', '.join(unlisted)}")
+            verify_checksums(folder, required=True)
+        except ChecksumError as err:
+            problems.append(str(err))
     if problems:
         raise ValueError(f"refusing to push {str(folder)!r}: " + "; ".join(problems)
                          + ". Remove these files (or push a folder written by scripts/push_to_hub.py --dry-run).")
@@ -520,19 +512,22 @@ def push_to_hub(model_or_folder, repo_id: str, *, private: bool = False, token: 
 
 def export_model(model, folder: str | os.PathLike, *, model_id: str | None = None, class_names=None,
                  image_size: int = 224, crop_pct: float = 0.875, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                 **kwargs) -> Path:
+                 overwrite: bool = False, **kwargs) -> Path:
     """Write ``model`` as a Hub-ready folder. Classifiers go through :func:`save_hub_folder` as the timm network
     inference runs: a timm model as it is, relzoo's transformers classifiers through ``to_timm()`` (SAN; BatchFormer
     and API-Net without their training-only plug-in). Other relzoo models (few-shot, HSNet) are saved with
-    ``save_pretrained`` plus remote code. ``kwargs`` go to :func:`save_hub_folder` (dataset, metrics, ...)."""
+    ``save_pretrained`` plus remote code. ``kwargs`` go to :func:`save_hub_folder` (dataset, metrics, ...); a
+    non-empty ``folder`` is replaced only with ``overwrite``."""
     if hasattr(model, "to_timm"):
-        class_names = class_names or [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        from .models.inputs import class_names as config_class_names
+
+        class_names = class_names or config_class_names(model.config)
         model = model.to_timm()
     elif isinstance(model, PreTrainedModel):
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, overwrite=overwrite) as tmp:
             model.save_pretrained(tmp)
             add_remote_code(tmp, type(model))
         return Path(folder)
     names = class_names or [str(i) for i in range(getattr(model, "num_classes", 0))]
     return save_hub_folder(model, folder, class_names=names, image_size=image_size, crop_pct=crop_pct, mean=mean,
-                           std=std, model_id=model_id, **kwargs)
+                           std=std, model_id=model_id, overwrite=overwrite, **kwargs)

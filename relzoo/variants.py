@@ -293,16 +293,18 @@ def _write_files(spec: dict, model, tmp: Path, model_id: str) -> None:
 
 
 def export_variant(variant: str | dict, folder: str | os.PathLike, weights: str | os.PathLike | None = None, *,
-                   repo_id: str | None = None) -> Path:
+                   repo_id: str | None = None, overwrite: bool = False) -> Path:
     """Write the Hub folder of ``variant`` (a name of :func:`variant_names` or a loaded spec) with ``weights``
-    (see :func:`load_variant_weights`), atomically: exactly what :func:`relzoo.hub.push_to_hub` uploads."""
-    from .hub import atomic_folder
+    (see :func:`load_variant_weights`), atomically: exactly what :func:`relzoo.hub.push_to_hub` uploads. A non-empty
+    ``folder`` is replaced only with ``overwrite``, one that holds ``weights`` never."""
+    from .fileio import atomic_folder, check_output_folder
 
     spec = load_variant(variant) if not isinstance(variant, dict) else variant
     model_id = repo_id or spec["repo_id"]
+    check_output_folder(folder, overwrite=overwrite, inputs=(weights,))   # before the weights are converted
     model, status, provenance = load_variant_weights(spec, weights)
     model.eval()
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite=overwrite, inputs=(weights,)) as tmp:
         _write_files(spec, model, tmp, model_id)
         variant_card(spec, status, provenance, model_id=model_id).save(tmp / "README.md")
     return Path(folder)
@@ -338,7 +340,8 @@ def _usage(spec: dict, model_id: str) -> list[str]:
                 "mask = out.predicted_mask"]
     return ["```python", "import relzoo   # registers the architecture with transformers",
             f'model = relzoo.{auto}.from_pretrained("{model_id}").eval()', *call, "```", "",
-            "Without relzoo installed (the modeling code in this repo, needing torch, timm and transformers):", "",
+            "Without relzoo installed (the modeling code in this repo, needing torch, timm, transformers and einops: "
+            "`pip install timm transformers einops`):", "",
             "```python", "from transformers import AutoModel",
             f'model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()', "```"]
 

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repo-id", help="namespace/name (default: the variant's repo_id; required with --folder)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--dry-run", metavar="OUT", help="write the folder to OUT and upload nothing")
+    parser.add_argument("--overwrite", action="store_true", help="with --dry-run: replace OUT if it is not empty")
     parser.add_argument("--revision", help="branch to push to (default: main)")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--commit-message", default=None)
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         spec = load_variant(args.variant)
         repo_id = args.repo_id or spec["repo_id"]
         if args.dry_run:
-            folder = export_variant(spec, args.dry_run, args.weights, repo_id=repo_id)
+            folder = export_variant(spec, args.dry_run, args.weights, repo_id=repo_id, overwrite=args.overwrite)
             print(f"wrote {folder} (nothing uploaded)" + ("" if args.weights else
                   "; no --weights: random initialisation, flagged in the card, never uploaded"))
             return 0

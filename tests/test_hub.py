@@ -19,14 +19,37 @@ def test_atomic_folder_replaces_or_leaves_nothing(tmp_path):
         (tmp / "a.txt").write_text("1")
     assert (target / "a.txt").read_text() == "1"
     with pytest.raises(RuntimeError):
-        with atomic_folder(target) as tmp:
+        with atomic_folder(target, overwrite=True) as tmp:
             (tmp / "b.txt").write_text("2")
             raise RuntimeError("crash half-way")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp left, old content intact
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
-    with atomic_folder(target) as tmp:
+    with pytest.raises(FileExistsError, match="exists and is not empty; pass --overwrite"):
+        with atomic_folder(target) as tmp:          # never replaced without overwrite
+            (tmp / "c.txt").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_folder(target, overwrite=True) as tmp:
         (tmp / "c.txt").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["c.txt"]
+    with pytest.raises(ValueError, match="holds the input .*c.txt'"):   # not even with overwrite
+        with atomic_folder(target, overwrite=True, inputs=[target / "c.txt"]):
+            pass
+    assert (target / "c.txt").is_file()
+
+
+def test_atomic_folder_clears_what_a_killed_writer_left(tmp_path):
+    """A write killed half-way leaves .<name>.tmp-<pid>-*: the next write into the same place removes it when that
+    process is gone (and leaves a live writer's alone)."""
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".model.tmp-{dead.pid}-abc").mkdir()
+    (tmp_path / f".model.tmp-{os.getppid()}-live").mkdir()
+    with atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "x").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".model.tmp-{os.getppid()}-live", "model"]
 
 
 def test_san_folder_card(tmp_path):

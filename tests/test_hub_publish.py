@@ -155,6 +155,55 @@ def test_push_refuses_folders_with_credentials_or_foreign_files(san_folder, name
     assert sent == []  # refused before anything is sent
 
 
+@pytest.mark.parametrize("case", ["private key", "hard link", "token in metadata", "damaged", "replaced",
+                                  "not listed"])
+def test_push_uploads_only_real_weights(san_folder, tmp_path, case, monkeypatch):
+    """Anything named model.safetensors was uploaded (the secret scan skipped *.safetensors by name): a private key,
+    a hard link to another file, a token in the metadata, weights damaged after saving. Each is refused before
+    anything is sent."""
+    import os
+
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file, save_file
+
+    from relzoo.checksums import write_checksums
+
+    weights = san_folder / "model.safetensors"
+    tensors = load_file(weights)
+    if case == "private key":
+        weights.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n")
+        write_checksums(san_folder)
+        why = "not a safetensors file of tensors"
+    elif case == "hard link":
+        secret = tmp_path / "shadow"
+        save_file(tensors, secret)                           # even valid weights: the file has another name too
+        weights.unlink()
+        os.link(secret, weights)
+        write_checksums(san_folder)
+        why = "a hard link"
+    elif case == "token in metadata":
+        save_file(tensors, weights, metadata={"note": "hf_" + "b" * 34})
+        write_checksums(san_folder)
+        why = "metadata holds what looks like a secret"
+    elif case == "damaged":
+        data = bytearray(weights.read_bytes())
+        data[-10] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        why = "is damaged"
+    elif case == "replaced":
+        save_file({k: v + 1 for k, v in tensors.items()}, weights, metadata={"format": "pt", "x": "1"})
+        why = "holds other tensors than the file saved"
+    else:
+        (san_folder / "checksums.json").write_text('{"algorithm": "sha256", "files": {}}')
+        why = "checksums.json does not list model.safetensors"
+    sent = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: sent.append("create_repo"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda *a, **k: sent.append("upload_folder"))
+    with pytest.raises(ValueError, match=f"refusing to push .*{why}"):
+        push_to_hub(san_folder, "me/repo")
+    assert sent == []
+
+
 def test_push_refuses_links_subfolders_and_bad_repo_ids(san_folder, tmp_path):
     (tmp_path / "outside.txt").write_text("x")
     (san_folder / "extra.json").symlink_to(tmp_path / "outside.txt")

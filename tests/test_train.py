@@ -119,7 +119,7 @@ def test_two_real_processes(tmp_path):
     assert res["num_processes"] == 2 and res["distributed_type"] == "DistributedType.MULTI_CPU"
     assert res["steps"] == 3 and res["eval_samples"] == 20  # gather_for_metrics drops the padding duplicates
     assert res["replicas_in_sync"] is True  # DDP weights and re-estimated BN statistics agree on both ranks
-    assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()  # each rank's RNG saved
+    assert (out / "checkpoints" / "step_00000002" / "rng_1.safetensors").is_file()  # each rank's RNG saved
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -186,14 +186,14 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "model" / "model.safetensors")
 
 
-@pytest.mark.parametrize("damage", ["optimizer.bin", "model.safetensors", "custom_checkpoint_0.pkl", "missing"])
+@pytest.mark.parametrize("damage", ["optimizer.pt", "model.safetensors", "state.json", "rng_0.json", "missing"])
 def test_resume_names_a_damaged_checkpoint_and_falls_back_to_the_previous_one(tmp_path, damage, capsys):
     full = train_classifier(_args(tmp_path / "full"))
     train_classifier(_args(tmp_path / "split", stop_after_steps=4))
     newest = tmp_path / "split" / "checkpoints" / "step_00000004"
     if damage == "missing":
-        (newest / "optimizer.bin").unlink()
-        expected = "optimizer.bin' is missing"
+        (newest / "optimizer.pt").unlink()
+        expected = "optimizer.pt' is missing"
     else:
         data = bytearray((newest / damage).read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -221,3 +221,33 @@ def test_resume_without_any_usable_checkpoint_or_from_another_run_says_so(tmp_pa
         (ckpt / "checksums.json").unlink()
     with pytest.raises(RuntimeError, match=r"none of the 2 checkpoints .* is usable .*checksums\.json' is missing"):
         train_classifier(_args(tmp_path, resume=True))
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: what a hostile checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("where", ["optimizer.pt", "scheduler.pt", "custom_checkpoint_0.pkl", "random_states_0.pkl"])
+def test_resume_never_unpickles_code_whatever_the_manifest_says(tmp_path, where, capsys):
+    """A checkpoint is data: a pickled payload in any file, with checksums.json regenerated to match, never runs
+    (accelerate's load_state unpickled custom_checkpoint_0.pkl with weights_only=False). Files relzoo does not write
+    (accelerate's *.pkl) are never read; its own .pt files are read with weights_only=True and refused."""
+    from relzoo.checksums import write_checksums
+
+    train_classifier(_args(tmp_path, stop_after_steps=4, checkpoint_every=4))
+    ckpt = tmp_path / "checkpoints" / "step_00000004"
+    marker = tmp_path / "pwned"
+    torch.save({"state": _Payload(marker)}, ckpt / where)
+    write_checksums(ckpt, every_file=True)
+    if where.endswith(".pt"):
+        with pytest.raises(RuntimeError, match=f"none of the 1 checkpoints .*{where}' holds Python code or objects besides tensors"):
+            train_classifier(_args(tmp_path, resume=True, checkpoint_every=4))
+    else:   # not a file relzoo reads: the resume goes on from the intact parts
+        assert train_classifier(_args(tmp_path, resume=True, checkpoint_every=4))["resumed_from_step"] == 4
+    assert not marker.exists()
