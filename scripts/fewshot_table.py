@@ -119,7 +119,7 @@ def main(argv=None) -> str:
                     print(f"fold {fold} seed {seed} {ROWS[i][0]}: kept from {out / 'table.json'}")
                     continue
                 summary = train_fewshot(FewShotTrainingArguments(
-                    **arguments, output_dir=str(out / f"fold{fold}_seed{seed}_row{i}"), save_model=False))
+                    **arguments, output_dir=str(out / f"fold{fold}_seed{seed}_row{i}"), save_model=False, overwrite=True))
                 runs = [r for r in runs if (r["fold"], r["seed"], r["row"]) != key]
                 runs.append({"fold": fold, "seed": seed, "row": i, "method": ROWS[i][0], "arguments": arguments,
                              "results": summary["results"], "train_time_s": summary["train_time_s"],

@@ -60,7 +60,7 @@ def main(argv=None) -> str:
             print(f"row {i} ({dataset}, {name}): kept from {out / 'table.json'}")
             continue
         summary = train_classifier(ClassifierTrainingArguments(**arguments, output_dir=str(out / f"row{i}"),
-                                                               save_model=False))
+                                                               save_model=False, overwrite=True))
         per_class = summary["per_class_top1"]
         confusable = [per_class[c] for c in CONFUSABLE if c in per_class]
         results[i] = {"row": i, "dataset": dataset, "method": name, "arguments": arguments, "top1": summary["top1"],

@@ -148,7 +148,7 @@ def test_two_real_processes(tmp_path):
     assert res["num_processes"] == 2 and res["distributed_type"] == "DistributedType.MULTI_CPU"
     assert res["steps"] == 3 and res["replicas_in_sync"] is True
     assert all(r["episodes"] == 20 for r in res["results"])       # every test episode counted once over 2 ranks
-    assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()
+    assert (out / "checkpoints" / "step_00000002" / "rng_1.safetensors").is_file()
 
 
 def test_episodes_from_pixels_agree_with_episodes_from_features(tmp_path):

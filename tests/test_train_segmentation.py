@@ -168,4 +168,4 @@ def test_two_real_processes(tmp_path, fashion_like):
     assert res["steps"] == 3 and res["replicas_in_sync"] is True
     assert res["backbone_pretraining"]["steps"] == 2 and res["backbone_pretraining"]["num_processes"] == 2
     assert res["results"][0]["episodes"] == 10                       # every test episode counted once over 2 ranks
-    assert (out / "checkpoints" / "step_00000002" / "random_states_1.pkl").is_file()
+    assert (out / "checkpoints" / "step_00000002" / "rng_1.safetensors").is_file()

@@ -21,9 +21,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .engine import TrainingEngine, make_accelerator, replicas_in_sync, report_skipped, write_json_atomic
+from .engine import (
+    BadArgumentError,
+    TrainingEngine,
+    argument_check,
+    check_image_size,
+    make_accelerator,
+    replicas_in_sync,
+    report_skipped,
+    run_identity,
+    write_json_atomic,
+)
+from .run_folder import claim_output_dir
 
 PLUGINS = ("none", "batchformer", "batchformer_v2", "apinet")
+
+
+#: arguments that do not change the trained weights (used after training, or memory only): a resumed run may change them
+NO_EFFECT_ON_WEIGHTS = ("eval_split", "eval_samples", "eval_batch_size", "recalibrate_bn_batches", "many_shot_above",
+                        "few_shot_below", "grad_checkpointing")
 
 
 @dataclass
@@ -68,6 +84,8 @@ class ClassifierTrainingArguments:
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a previous run's results and checkpoints in output_dir (else such a folder is refused)"})
     seed: int = field(default=0, metadata={"help": "seed for weights, data order and augmentation"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
     log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
@@ -147,6 +165,7 @@ class ClassifierTrainingArguments:
                 raise ValueError(f"`{name}` must be in {text}, got {value!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"`lr` must be a positive number (or None: scaled default), got {self.lr!r}")
+        check_image_size(self.image_size, max(self.batch_size, self.eval_batch_size), self.in_chans)
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
         if self.model_kwargs is None:
@@ -327,6 +346,13 @@ def recalibrate_batchnorm(model, dataloader, num_batches: int, accelerator) -> N
 
 def train_classifier(args: ClassifierTrainingArguments) -> dict:
     """Train, evaluate and save; returns a summary dict (also written to ``output_dir/results.json``)."""
+    args.validate()
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
+    with claim_output_dir(args.output_dir, accelerator, resume=args.resume, overwrite=args.overwrite):
+        return _train_classifier(args, accelerator)
+
+
+def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
     import timm
     from accelerate.utils import set_seed
     from timm.data import resolve_data_config
@@ -337,16 +363,22 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     from ..data.sampling import ClassBalancedBatchSampler
     from ..hub import save_hub_folder
 
-    args.validate()
-    accelerator = make_accelerator(args.cpu, args.mixed_precision)
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
 
-    train_hf = _subset(load_image_dataset(args.dataset, args.train_split), args.train_samples, args.seed)
-    eval_hf = _subset(load_image_dataset(args.dataset, args.eval_split), args.eval_samples, args.seed)
+    with argument_check("dataset", "train_split", "eval_split"):
+        train_hf = _subset(load_image_dataset(args.dataset, args.train_split), args.train_samples, args.seed)
+        eval_hf = _subset(load_image_dataset(args.dataset, args.eval_split), args.eval_samples, args.seed)
     names = class_names(train_hf)
-    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=len(names), in_chans=args.in_chans,
-                              **resolve_model_kwargs(args))
+    if not timm.is_model(args.model):
+        raise BadArgumentError(f"`model` must be a timm model name (relzoo's included, see timm.list_models()), got "
+                               f"{args.model!r}")
+    with argument_check("model", "model_kwargs"):
+        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=len(names),
+                                  in_chans=args.in_chans, **resolve_model_kwargs(args))
+    if args.batch_size < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise BadArgumentError(f"`batch_size` must be at least 2 for {args.model}: BatchNorm in training needs more than "
+                               "one value per channel (and BatchFormer a batch to attend over)")
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     data_cfg = resolve_data_config(model=model)
@@ -384,17 +416,15 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
     model, optimizer, train_dl, eval_dl = accelerator.prepare(module, optimizer, train_dl, eval_dl)
     steps_per_epoch = len(train_dl)
     if steps_per_epoch == 0:
-        raise ValueError(f"`batch_size` {args.batch_size} x {accelerator.num_processes} processes is larger than the "
+        raise BadArgumentError(f"`batch_size` {args.batch_size} x {accelerator.num_processes} processes is larger than the "
                          f"training set ({len(train_ds)} samples)")
     total_steps = args.epochs * steps_per_epoch
     if args.max_steps is not None and args.max_steps > 0:
         total_steps = min(total_steps, args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(args.schedule, steps_per_epoch, args.epochs, total_steps))
-    run = {"model": args.model, "model_kwargs": resolve_model_kwargs(args), "in_chans": args.in_chans,
-           "num_classes": len(names), "dataset": args.dataset, "train_split": args.train_split,
-           "train_samples": args.train_samples, "seed": args.seed, "batch_size": args.batch_size,
-           "num_processes": accelerator.num_processes, "plugin": args.plugin}
+    run = run_identity(args, accelerator, NO_EFFECT_ON_WEIGHTS, num_classes=len(names),
+                       resolved_model_kwargs=resolve_model_kwargs(args))
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total_steps,
                             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                             keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
@@ -445,7 +475,7 @@ def train_classifier(args: ClassifierTrainingArguments) -> dict:
                 accelerator.unwrap_model(model).plain_network(), out_dir / "model", class_names=names, image_size=args.image_size,
                 crop_pct=args.crop_pct, mean=mean, std=std, model_id=f"{args.model}-{dataset_name}",
                 dataset=dataset_name, metrics={k: metrics[k] for k in ("top1", "top5")},
-                training=dataclasses.asdict(args))
+                training=dataclasses.asdict(args), overwrite=True)   # the run owns output_dir (see run_folder)
             summary["model_dir"] = str(folder)
             accelerator.print(f"Hub-ready model folder: {folder}")
         write_json_atomic(out_dir / "results.json", summary)

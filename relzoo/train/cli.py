@@ -8,7 +8,9 @@ def run_script(arguments_class, train_fn, argv=None) -> dict:
     from transformers import HfArgumentParser
 
     from ..data import UnreadableImageError
-    from .checkpoints import RunMismatchError
+    from .checkpoints import CheckpointWriteError, RunMismatchError
+    from .engine import BadArgumentError, TrainingDivergedError
+    from .run_folder import RunFolderError
 
     parser = HfArgumentParser(arguments_class)
     try:
@@ -17,5 +19,7 @@ def run_script(arguments_class, train_fn, argv=None) -> dict:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:
         return train_fn(args)
-    except (UnreadableImageError, RunMismatchError) as err:
+    except (BadArgumentError, RunFolderError) as err:   # an argument that does not fit the data, model or folder
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except (UnreadableImageError, RunMismatchError, CheckpointWriteError, TrainingDivergedError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")

@@ -9,7 +9,7 @@ checksummed checkpoints every ``checkpoint_every`` steps (:mod:`relzoo.train.che
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -17,14 +17,66 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import write_json_atomic
 from .checkpoints import CheckpointManager
 
-__all__ = ["TrainState", "TrainingEngine", "average_buffers", "make_accelerator", "replicas_in_sync", "report_skipped",
-           "write_json_atomic"]
+__all__ = ["MAX_IMAGE_SIZE", "NOT_TRAINING_ARGUMENTS", "BadArgumentError", "argument_check", "check_image_size", "TrainState", "TrainingDivergedError", "TrainingEngine", "average_buffers", "make_accelerator",
+           "replicas_in_sync", "report_skipped", "run_identity", "write_json_atomic"]
+
+
+class BadArgumentError(ValueError):
+    """An argument that cannot work with the data or the model, found before training starts (scripts: exit 2)."""
+
+
+@contextlib.contextmanager
+def argument_check(*names: str):
+    """Turn what building a dataset, a sampler or a model raises for a bad argument (torch's, timm's, datasets' own
+    errors: ``RuntimeError: Unknown model``, a bare ``AssertionError``, a ``TypeError`` for an unknown keyword) into
+    one :class:`BadArgumentError` naming the arguments involved. Unreadable images are not argument errors and pass
+    through."""
+    from ..data import UnreadableImageError
+
+    try:
+        yield
+    except (BadArgumentError, UnreadableImageError):
+        raise
+    except (ValueError, TypeError, RuntimeError, AssertionError, KeyError, IndexError, FileNotFoundError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        what = f"{type(err).__name__}: {text}" if not isinstance(err, ValueError) or not text else text
+        named = " / ".join(f"`{n}`" for n in names)
+        raise BadArgumentError(what if all(f"`{n}`" in what for n in names[:1]) else f"{named}: {what}") from None
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss, the weights or a training batch became non-finite (NaN or infinity); the run stops, nothing saved."""
+
+
+def non_finite_inputs(batch) -> list[str]:
+    """Names of the floating-point tensors of a batch (a tensor, or a dict / list / tuple of them) that hold a NaN
+    or an infinity."""
+    if isinstance(batch, torch.Tensor):
+        return ["batch"] if batch.is_floating_point() and not bool(torch.isfinite(batch).all()) else []
+    items = batch.items() if isinstance(batch, dict) else enumerate(batch) if isinstance(batch, (list, tuple)) else ()
+    return [str(k) for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
+
+
+def non_finite_tensors(model) -> list[str]:
+    """Names of the parameters and floating-point buffers of ``model`` that hold a NaN or an infinity."""
+    return [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _anywhere(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (every process gets the same answer)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
 class TrainState:
-    """Step counter saved with every checkpoint (``accelerate.register_for_checkpointing``)."""
+    """Step counter saved with every checkpoint (``state.json``)."""
 
     def __init__(self):
         self.step = 0
@@ -53,6 +105,40 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no"):
     return accelerator
 
 
+#: arguments that cannot change what a run trains: where it writes, how often it logs or checkpoints
+NOT_TRAINING_ARGUMENTS = frozenset({"output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints",
+                                    "stop_after_steps", "log_every", "num_workers", "save_model"})
+
+
+MAX_IMAGE_SIZE = 4096
+
+
+def check_image_size(image_size: int, images_per_step: int, channels: int = 3) -> None:
+    """Refuse an ``image_size`` that cannot fit before anything is allocated: above :data:`MAX_IMAGE_SIZE`, or one
+    step's input images alone (float32) taking more than half of this machine's memory."""
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"`image_size` must be at most {MAX_IMAGE_SIZE}, got {image_size}")
+    need = images_per_step * channels * image_size ** 2 * 4
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > memory / 2:
+        raise ValueError(f"`image_size` {image_size} cannot fit: one step's {images_per_step} input images alone take "
+                         f"{need / 2**30:.1f} GiB, this machine has {memory / 2**30:.1f} GiB")
+
+
+def run_identity(args, accelerator, ignore: Iterable[str] = (), **extra) -> dict:
+    """What identifies a run in its checkpoints: every field of the arguments dataclass ``args`` that can change the
+    trained weights (all but :data:`NOT_TRAINING_ARGUMENTS` and the task's evaluation-only ``ignore``), the process
+    count and ``extra`` derived values. ``--resume`` refuses checkpoints whose identity differs."""
+    import dataclasses
+
+    skip = NOT_TRAINING_ARGUMENTS | set(ignore)
+    identity = {k: v for k, v in dataclasses.asdict(args).items() if k not in skip}
+    return {**identity, "num_processes": accelerator.num_processes, **extra}
+
+
 def replicas_in_sync(model, accelerator) -> bool:
     """Whether every process holds bit-identical parameters and buffers (a float64 checksum gathered from all)."""
     net = accelerator.unwrap_model(model)
@@ -75,15 +161,6 @@ def average_buffers(model, accelerator) -> None:
         for buffer in net.buffers():
             if buffer.is_floating_point():
                 buffer.copy_(reduce(buffer, reduction="mean"))
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON to a temporary file and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 class TrainingEngine:
@@ -115,8 +192,8 @@ class TrainingEngine:
         if self.steps_per_epoch == 0:
             raise ValueError("the training dataloader is empty on this process (fewer batches than processes?)")
         self.state = TrainState()
-        accelerator.register_for_checkpointing(scheduler, self.state)
-        self.checkpoints = CheckpointManager(accelerator, Path(output_dir) / "checkpoints", run, keep=keep_checkpoints)
+        self.checkpoints = CheckpointManager(accelerator, Path(output_dir) / "checkpoints", run, model, optimizer,
+                                             scheduler, self.state, keep=keep_checkpoints)
         self.resumed_from: int | None = None
         self.last_loss = float("nan")
 
@@ -151,7 +228,18 @@ class TrainingEngine:
             loader = acc.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
             self.model.train()
             for batch in loader:
+                bad = non_finite_inputs(batch)
+                if _anywhere(acc, bool(bad)):   # before the forward pass: BatchNorm statistics stay clean
+                    raise TrainingDivergedError(
+                        f"the training batch of step {state.step + 1} holds NaN or infinite values"
+                        f"{' in ' + ', '.join(bad) if bad else ' (on another process)'}: the data has non-finite "
+                        "pixels; training stopped before they reached the model, nothing was saved")
                 loss = step_fn(batch)
+                if _anywhere(acc, not bool(torch.isfinite(loss.detach()).all())):
+                    raise TrainingDivergedError(
+                        f"the training loss became {float(loss.detach().float().mean()):g} at step {state.step + 1} "
+                        f"(learning rate {self.scheduler.get_last_lr()[0]:g}): the run diverged; training stopped, "
+                        "nothing was saved (lower the learning rate)")
                 self.optimizer.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 if self.grad_transform is not None:
@@ -173,6 +261,11 @@ class TrainingEngine:
                     break
         bar.close()
         average_buffers(self.model, acc)
+        broken = non_finite_tensors(acc.unwrap_model(self.model))
+        if _anywhere(acc, bool(broken)):
+            raise TrainingDivergedError(f"after {state.step} steps the weights hold NaN or infinite values "
+                                        f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): the run "
+                                        "diverged; nothing was saved (lower the learning rate)")
         summary = {"steps": state.step, "train_time_s": round(time.time() - start, 1),
                    "num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
                    "last_train_loss": self.last_loss, "resumed_from_step": self.resumed_from}

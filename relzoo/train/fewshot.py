@@ -24,11 +24,25 @@ from pathlib import Path
 import torch
 
 from ..metrics import mean_confidence_interval
-from .engine import TrainingEngine, make_accelerator, replicas_in_sync, report_skipped, write_json_atomic
+from .engine import (
+    BadArgumentError,
+    TrainingEngine,
+    argument_check,
+    check_image_size,
+    make_accelerator,
+    replicas_in_sync,
+    report_skipped,
+    run_identity,
+    write_json_atomic,
+)
+from .run_folder import claim_output_dir
 
 MODELS = ("crosstransformer", "protonet")
 RECIPES = ("official", "plain")
 OFFICIAL_DECAY = 0.915193802145601
+#: arguments that do not change the trained weights (used after training, or memory only): a resumed run may change them
+NO_EFFECT_ON_WEIGHTS = ("eval_sets", "eval_shots", "eval_way", "eval_queries", "eval_episodes", "eval_pool_per_class",
+                        "test_bn_stats", "attention_maps")
 #: built-in benchmark: meta-train on the even Fashion-MNIST classes, meta-test on the odd ones and on digits
 DEFAULT_EVAL = "fashion_mnist:test:1,3,5,7,9;digits:all:all"
 
@@ -86,6 +100,8 @@ class FewShotTrainingArguments:
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a previous run's results and checkpoints in output_dir (else such a folder is refused)"})
     stop_after_steps: int | None = field(default=None, metadata={
         "help": "quit after this step as if killed (no eval, no save); to test resume"})
     seed: int = field(default=0, metadata={"help": "seed for weights, episodes and augmentation"})
@@ -119,6 +135,7 @@ class FewShotTrainingArguments:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+        check_image_size(self.image_size, self.n_way * (self.n_shot + self.n_query))
         if not (isinstance(self.simclr_probability, (int, float)) and 0 <= self.simclr_probability <= 1):
             raise ValueError(f"`simclr_probability` must be in [0, 1], got {self.simclr_probability!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -347,23 +364,32 @@ def build_model(args: FewShotTrainingArguments):
 def train_fewshot(args: FewShotTrainingArguments) -> dict:
     """Train, evaluate (mean ± 95% CI per test set and shot count) and save; returns a summary dict (also written to
     ``output_dir/results.json``)."""
+    args.validate()
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
+    with claim_output_dir(args.output_dir, accelerator, resume=args.resume, overwrite=args.overwrite):
+        return _train_fewshot(args, accelerator)
+
+
+def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
     from accelerate.utils import set_seed
 
     from ..data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
 
-    args.validate()
-    accelerator = make_accelerator(args.cpu, args.mixed_precision)
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
-    train_ds = load_split(args.dataset, args.train_split)
+    with argument_check("dataset", "train_split"):
+        train_ds = load_split(args.dataset, args.train_split)
     # the sampler's episode i of epoch e depends only on (seed, e, i): processes take alternate episodes
-    sampler = EpisodeSampler(train_ds, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
-                             num_episodes=args.max_steps * accelerator.num_processes, seed=args.seed,
-                             classes=args.parsed_train_classes(), variable=args.variable_episodes)
+    with argument_check("n_way", "n_shot", "n_query", "train_classes"):
+        sampler = EpisodeSampler(train_ds, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
+                                 num_episodes=args.max_steps * accelerator.num_processes, seed=args.seed,
+                                 classes=args.parsed_train_classes(), variable=args.variable_episodes)
+    check_evaluation_sets(args)
     collator = EpisodeCollator(args.image_size, simclr_probability=args.simclr_probability)
     train_dl = episode_loader(train_ds, sampler, collator, num_workers=args.num_workers,
                               skip_unreadable=args.skip_unreadable_images)
-    model = build_model(args)
+    with argument_check("backbone", "backbone_kwargs"):
+        model = build_model(args)
     if args.recipe == "official":
         lr = args.lr or 6e-4
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -375,11 +401,7 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
     factor = staircase(args.decay_every) if args.recipe == "official" else \
         (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    run = {"model": args.model, "backbone": args.backbone, "backbone_kwargs": args.parsed_backbone_kwargs(),
-           "dataset": args.dataset, "train_classes": args.train_classes, "image_size": args.image_size,
-           "episodes": [args.n_way, args.n_shot, args.n_query, args.variable_episodes, args.simclr_probability],
-           "recipe": args.recipe, "seed": args.seed, "num_processes": accelerator.num_processes,
-           "init": [args.backbone_init, args.head_init if args.model == "crosstransformer" else None]}
+    run = run_identity(args, accelerator, NO_EFFECT_ON_WEIGHTS)
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total,
                             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                             keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
@@ -430,12 +452,40 @@ def train_fewshot(args: FewShotTrainingArguments) -> dict:
             from ..hub import save_fewshot_folder
 
             folder = save_fewshot_folder(net, out_dir / "model", image_size=args.image_size, results=results,
+                                         overwrite=True,   # the run owns output_dir (see run_folder)
                                          training=dataclasses.asdict(args), dataset=args.dataset)
             summary["model_dir"] = str(folder)
             accelerator.print(f"Hub-ready model folder: {folder}")
         write_json_atomic(out_dir / "results.json", summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def check_evaluation_sets(args: FewShotTrainingArguments) -> None:
+    """Every test set of ``args`` against its data, before training starts (a setting that cannot work was found
+    after training, with a traceback and nothing saved): the dataset and split exist, the classes exist, and test
+    episodes of ``eval_way`` classes with the most ``eval_shots`` plus ``eval_queries`` images each can be drawn from
+    the pool. Raises :class:`BadArgumentError` naming the setting."""
+    from ..data.episodes import EpisodeSampler
+
+    for name, split, classes in args.parsed_eval_sets():
+        with argument_check("eval_sets"):
+            ds = load_split(name, split)
+        pool, chosen = _pool(ds, classes, args.eval_pool_per_class, args.seed)
+        labels = [int(x) for x in ds.select(pool.tolist())["label"]] if len(pool) else []
+        present = sorted(set(labels))
+        missing = [c for c in chosen if c not in present]
+        if missing:
+            raise BadArgumentError(f"`eval_sets` entry {name}:{split}: classes {missing} have no image (classes "
+                                   f"present: {sorted(set(int(x) for x in ds['label']))})")
+        with argument_check("eval_way", "eval_shots", "eval_queries", "eval_pool_per_class"):
+            try:
+                EpisodeSampler(labels, n_way=args.eval_way, n_shot=max(args.parsed_shots()), n_query=args.eval_queries,
+                               num_episodes=1, seed=args.seed)
+            except ValueError as err:
+                raise ValueError(f"the test episodes of {name}:{split} ({args.eval_way}-way, up to "
+                                 f"{max(args.parsed_shots())}-shot, {args.eval_queries} queries per class) cannot be "
+                                 f"drawn: {err}") from None
 
 
 def evaluate_all(model, args: FewShotTrainingArguments, accelerator, skipped: set | None = None) -> list[dict]:

@@ -14,10 +14,25 @@ from pathlib import Path
 
 import torch
 
-from .engine import TrainingEngine, make_accelerator, replicas_in_sync, write_json_atomic
+from .engine import (
+    TrainingEngine,
+    argument_check,
+    check_image_size,
+    make_accelerator,
+    replicas_in_sync,
+    run_identity,
+    write_json_atomic,
+)
+from .run_folder import claim_output_dir
 
 DATASETS = ("fashion_mnist_composites", "pascal5i", "coco20i", "fss1000")
 FOLDS = {"fashion_mnist_composites": 2, "pascal5i": 4, "coco20i": 4, "fss1000": 1}
+#: arguments that do not change the trained weights (used after training, or memory only): a resumed run may change them
+NO_EFFECT_ON_WEIGHTS = ("eval_shots", "eval_episodes", "eval_batch_size", "pictures")
+#: what identifies the backbone pretraining stage (stage 0)
+PRETRAINING_ARGUMENTS = ("backbone", "backbone_kwargs", "backbone_pretrained", "backbone_weights", "normalization",
+                         "pretrain_backbone_steps", "pretrain_batch_size", "pretrain_lr", "dataset", "fold",
+                         "image_size", "seed", "data_dir", "mixed_precision", "cpu")
 
 
 @dataclass
@@ -53,6 +68,8 @@ class SegmentationTrainingArguments:
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a previous run's results and checkpoints in output_dir (else such a folder is refused)"})
     stop_after_steps: int | None = field(default=None, metadata={
         "help": "stop (as if killed) after this many steps of this invocation; for testing resume"})
     seed: int = field(default=0, metadata={"help": "seed for the learner, episodes and augmentation"})
@@ -94,6 +111,7 @@ class SegmentationTrainingArguments:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+        check_image_size(self.image_size, max(2 * self.batch_size, self.pretrain_batch_size))
         if self.fold >= FOLDS[self.dataset]:
             raise ValueError(f"`fold` must be in 0..{FOLDS[self.dataset] - 1} for {self.dataset}, got {self.fold}")
         if self.dataset != "fashion_mnist_composites" and (self.data_dir is None or not Path(self.data_dir).is_dir()):
@@ -173,7 +191,7 @@ def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
 
     from ..checksums import verify_checksums, write_checksums
     from ..data.segmentation import CompositeSegmentation
-    from ..hub import atomic_folder
+    from ..fileio import atomic_folder
 
     folder = Path(args.output_dir) / "backbone"
     done = folder / "final" / "backbone.safetensors"
@@ -194,8 +212,7 @@ def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
                                   weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.pretrain_lr, total_steps=args.pretrain_backbone_steps)
     prepared, optimizer, loader = accelerator.prepare(net, optimizer, loader)
-    run = {"stage": "backbone_pretraining", "backbone": args.backbone, "fold": args.fold, "seed": args.seed,
-           "image_size": args.image_size, "batch_size": args.pretrain_batch_size,
+    run = {"stage": "backbone_pretraining", **{k: getattr(args, k) for k in PRETRAINING_ARGUMENTS},
            "num_processes": accelerator.num_processes}
     engine = TrainingEngine(accelerator, prepared, optimizer, scheduler, loader, folder, run,
                             args.pretrain_backbone_steps, log_every=args.log_every,
@@ -213,7 +230,7 @@ def pretrain_backbone(model, args: SegmentationTrainingArguments) -> dict:
     summary = engine.fit(step)
     model.backbone.requires_grad_(False).eval()
     if not summary.get("interrupted") and accelerator.is_main_process:
-        with atomic_folder(done.parent) as tmp:
+        with atomic_folder(done.parent, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp / done.name))
             write_checksums(tmp)
     accelerator.wait_for_everyone()
@@ -321,6 +338,36 @@ def evaluate_segmentation(model, args: SegmentationTrainingArguments, accelerato
     return rows
 
 
+def write_hsnet_folder(folder: Path, model, args: SegmentationTrainingArguments, results: list[dict]) -> None:
+    """The run's model folder (the caller's atomic folder): weights, config, image processor, remote code and a model
+    card with the measured mIoU / FB-IoU and the exact arguments."""
+    from huggingface_hub.repocard_data import EvalResult
+
+    from ..hub import HSNET_PAPER, trained_card, write_hsnet_files
+
+    write_hsnet_files(folder, model, args.image_size, *image_statistics(args))
+    eval_results, table = [], ["## Results (unseen classes of the fold)", "",
+                               "| dataset | fold | classes | shots | episodes | mIoU | FB-IoU |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        name = f"{args.dataset} fold {r['fold']} (unseen classes {r['classes']}) {r['shot']}-shot"
+        eval_results += [EvalResult(task_type="image-segmentation", task_name="few-shot segmentation",
+                                    dataset_type=args.dataset, dataset_name=name, metric_type=metric,
+                                    metric_value=round(float(r[key]), 2),
+                                    metric_name=f"{label} over {r['episodes']} episodes")
+                         for metric, key, label in (("mean_iou", "miou", "mIoU"), ("fb_iou", "fb_iou", "FB-IoU"))]
+        table.append(f"| {args.dataset} | {r['fold']} | {r['classes']} | {r['shot']} | {r['episodes']} | "
+                     f"{r['miou']:.2f} | {r['fb_iou']:.2f} |")
+    usage = ("import relzoo  # registers the architecture with transformers\n"
+             "model = relzoo.AutoModelForFewShotSegmentation.from_pretrained(FOLDER_OR_REPO).eval()\n"
+             "out = model(query_pixel_values=q, support_pixel_values=s, support_masks=m)   # (B,3,H,W), (B,K,3,H,W), (B,K,H,W)\n"
+             "mask = out.predicted_mask")
+    trained_card(folder / "README.md", model, model_id=f"hsnet-{args.backbone}-{args.dataset}",
+                 tags=["few-shot", "segmentation", "relzoo", "hsnet", "timm"], dataset=args.dataset,
+                 license="apache-2.0", metrics=["mean_iou"], eval_results=eval_results, usage=usage,
+                 results_table=table if results else [], training=dataclasses.asdict(args),
+                 script="scripts/finetune_hsnet.py", paper=HSNET_PAPER)
+
+
 @torch.no_grad()
 def write_pictures(model, args: SegmentationTrainingArguments, folder: Path) -> list[Path]:
     """PNG panels for the first ``args.pictures`` 1-shot test episodes: support with its mask (red), query,
@@ -354,32 +401,40 @@ def write_pictures(model, args: SegmentationTrainingArguments, folder: Path) -> 
 
 def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     """Fine-tune HSNet's learner on 1-shot episodes, evaluate, save; returns a summary (also ``results.json``)."""
+    args.validate()
+    accelerator = make_accelerator(args.cpu, args.mixed_precision)
+    with claim_output_dir(args.output_dir, accelerator, resume=args.resume, overwrite=args.overwrite):
+        return _train_segmentation(args, accelerator)
+
+
+def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dict:
     from accelerate.utils import set_seed
 
     from ..models.hsnet import HSNetConfig, HSNetForFewShotSegmentation
 
-    args.validate()
-    accelerator = make_accelerator(args.cpu, args.mixed_precision)
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
-    model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone, backbone_kwargs=args.parsed_backbone_kwargs(),
-                                                    backbone_pretrained=args.backbone_pretrained))
-    weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
+    per_run = args.max_steps * args.batch_size * accelerator.num_processes  # built-in: one epoch = the whole run
+    with argument_check("dataset", "data_dir", "split_dir", "fold"):   # the data first: found before any model
+        episodes = segmentation_episodes(args, "train", 1, per_run if args.dataset == "fashion_mnist_composites"
+                                         else None, args.seed)
+        for shots in args.parsed_shots():
+            segmentation_episodes(args, "test", shots, args.eval_episodes, args.seed + 1)
+    with argument_check("backbone", "backbone_kwargs"):
+        model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone,
+                                                        backbone_kwargs=args.parsed_backbone_kwargs(),
+                                                        backbone_pretrained=args.backbone_pretrained))
+    with argument_check("backbone_weights"):
+        weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
     pretraining = pretrain_backbone(model, args) if args.pretrain_backbone_steps else None
     if pretraining is not None and pretraining.get("interrupted"):
         return {"model": "hsnet", "backbone": args.backbone, "backbone_pretraining": pretraining, **pretraining}
-    per_run = args.max_steps * args.batch_size * accelerator.num_processes  # built-in: one epoch = the whole run
-    episodes = segmentation_episodes(args, "train", 1, per_run if args.dataset == "fashion_mnist_composites" else None,
-                                     args.seed)
     train_dl = torch.utils.data.DataLoader(episodes, batch_size=args.batch_size, shuffle=False, drop_last=True,
                                            num_workers=args.num_workers)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # official: constant
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
-    run = {"model": "hsnet", "backbone": args.backbone, "backbone_weights": args.backbone_weights,
-           "pretrain_backbone_steps": args.pretrain_backbone_steps,
-           "dataset": args.dataset, "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
-           "seed": args.seed, "num_processes": accelerator.num_processes, "image_mean_std": image_statistics(args)}
+    run = run_identity(args, accelerator, NO_EFFECT_ON_WEIGHTS, image_mean_std=image_statistics(args))
     engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, args.max_steps,
                             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                             keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
@@ -408,10 +463,10 @@ def train_segmentation(args: SegmentationTrainingArguments) -> dict:
         if args.pictures:
             summary["pictures"] = [str(p) for p in write_pictures(net, args, out_dir / "pictures")]
         if args.save_model:
-            from ..hub import atomic_folder, write_hsnet_files
+            from ..fileio import atomic_folder
 
-            with atomic_folder(out_dir / "model") as tmp:
-                write_hsnet_files(tmp, net, args.image_size, *image_statistics(args))
+            with atomic_folder(out_dir / "model", overwrite=True) as tmp:
+                write_hsnet_folder(tmp, net, args, summary["results"])
             summary["model_dir"] = str(out_dir / "model")
         write_json_atomic(out_dir / "results.json", summary)
     accelerator.wait_for_everyone()
