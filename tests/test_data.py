@@ -115,3 +115,32 @@ def test_no_test_reads_the_debian_data_sets_here_or_in_a_subprocess(tmp_path):
     code = f"open({target!r}, 'rb')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode != 0 and "tests must not use Debian's data sets" in proc.stderr
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path):
+    """16-bit PNGs and float TIFFs were read as almost binary images (PIL's convert clips: 97.5 % white). They are
+    scaled to 8 bits; values that fit no known range are refused, naming the file."""
+    from relzoo.data import UnreadableImageError, read_image
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)           # 0 .. 65472
+    floats = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    for split in ("train",):
+        (tmp_path / split / "a").mkdir(parents=True)
+        (tmp_path / split / "b").mkdir(parents=True)
+        Image.fromarray(ramp).save(tmp_path / split / "a" / "ramp16.png")
+        Image.fromarray(floats).save(tmp_path / split / "b" / "float.tiff")
+    ds = load_image_dataset(str(tmp_path), "train")
+    got = {ds[i]["label"]: np.asarray(read_image(ds, i, "L")[0]) for i in range(len(ds))}
+    np.testing.assert_array_equal(got[0], np.rint(ramp / 257).astype(np.uint8))
+    np.testing.assert_array_equal(got[1], np.rint(floats * 255).astype(np.uint8))
+    assert (got[0] == 255).mean() < 0.01                                            # not the clipped picture
+    rgb = np.asarray(read_image(ds, 0, "RGB")[0])
+    assert rgb.shape == (32, 32, 3) and (rgb[..., 0] == got[0]).all()
+    bad = tmp_path / "bad"
+    (bad / "train" / "a").mkdir(parents=True)
+    (bad / "train" / "b").mkdir(parents=True)
+    Image.fromarray(floats * 1000).save(bad / "train" / "a" / "x.tiff")
+    Image.fromarray(ramp).save(bad / "train" / "b" / "y.png")
+    bad_ds = load_image_dataset(str(bad), "train")
+    with pytest.raises(UnreadableImageError, match=r"x.tiff.*float image with samples in \[0, 1000\]"):
+        read_image(bad_ds, bad_ds["label"].index(0))

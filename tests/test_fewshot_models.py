@@ -370,3 +370,21 @@ def test_test_bn_stats_option(mode):
             expected = batch_stats.forward_features(support)
             got = model(query, support, labels, output_hidden_states=True).support_hidden_states[0]
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_huge_support_labels_are_refused_before_counting_with_a_short_message():
+    """A label of 30,000,000 built a 288-million-character message and 3 GB of memory: the range is checked first."""
+    import tracemalloc
+
+    from relzoo.layers.crosstransformer import check_support_labels
+
+    labels = torch.tensor([0, 1, 2, 30_000_000])
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"at most 3 for 4 support images; got values in 0..30000000") as err:
+        check_support_labels(labels, 4)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(str(err.value)) < 200 and peak < 1e6
+    with pytest.raises(ValueError, match=r"class\(es\) \[0, 2, 4, .*, \.\.\. 490 more\] have none") as err:
+        check_support_labels(torch.arange(1, 1000, 2), 500, num_classes=1000)
+    assert len(str(err.value)) < 400

@@ -1,4 +1,4 @@
-"""ONNX export of the classifiers (relzoo.onnx_export, scripts/export_onnx.py): onnxruntime agrees with PyTorch, the
+"""ONNX export of the classifiers (relzoo.onnx_export, scripts/export_onnx.py, timm's own onnx_export): onnxruntime agrees with PyTorch, the
 batch dimension stays dynamic, SAN's custom operators are replaced by their reference implementation."""
 import sys
 from pathlib import Path
@@ -75,3 +75,18 @@ def test_export_script_default_exporter_on_san(tmp_path):
                     mean=(0.5,) * 3, std=(0.5,) * 3)
     assert main(["--model", str(tmp_path / "san"), "--output", str(tmp_path / "san.onnx")]) == 0
     assert (tmp_path / "san.onnx").stat().st_size > 100_000
+
+
+@pytest.mark.parametrize("use_dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_timms_own_onnx_export_works_on_the_default_model(tmp_path, use_dynamo):
+    """timm's onnx_export.py (a thin wrapper of timm.utils.onnx.onnx_export, which it calls with the user's flags)
+    failed on SAN: `unrecognized namespace relzoo::san_aggregation`. Inside an ONNX export the layers now run their
+    standard-operator reference; timm's own forward check (onnxruntime against PyTorch) passes."""
+    from timm.utils.onnx import onnx_export
+
+    model = _trained_like(timm.create_model("san10_patch", num_classes=5))
+    onnx_export(model, str(tmp_path / "m.onnx"), check_forward=True, use_dynamo=use_dynamo, input_size=(3, 128, 128),
+                batch_size=2)
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert not any(node.domain == "relzoo" for node in graph.node)
+    assert all(m.implementation == "fast" for m in model.modules() if hasattr(m, "implementation"))

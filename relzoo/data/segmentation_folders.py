@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from .segmentation import _stat
-from .transforms import _DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError
+from .transforms import _DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, to_8bit
 
 __all__ = ["PASCAL_CLASSES", "FolderEpisodes", "Pascal5i", "Coco20i", "FSS1000", "SEGMENTATION_FOLDER_DATASETS",
            "safe_load_split_pickle"]
@@ -62,11 +62,12 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 
 def _open(path: Path, mode: str) -> np.ndarray:
-    """The file as an array (``mode`` "RGB" or "L"; ``None`` keeps palette indices); a missing or undecodable file
-    raises :class:`UnreadableImageError` naming it."""
+    """The file as an array (``mode`` "RGB" or "L"; ``None`` keeps palette indices; RGB images of more than 8 bits
+    are scaled to 8, see :func:`relzoo.data.transforms.to_8bit`); a missing or undecodable file raises
+    :class:`UnreadableImageError` naming it."""
     try:
         with PIL.Image.open(path) as img:
-            return np.array(img.convert(mode) if mode else img)
+            return np.array((to_8bit(img) if mode == "RGB" else img).convert(mode) if mode else img)
     except _DECODE_ERRORS as err:
         raise UnreadableImageError(f"unreadable file {path}: {type(err).__name__}: {err}", str(path)) from err
 

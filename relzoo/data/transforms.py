@@ -58,12 +58,37 @@ def image_source(ds, index: int) -> str:
     return repr(path) if path else f"row {index}"
 
 
+def to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An image whose samples have more than 8 bits (16-bit PNG ``I;16``, 32-bit integer ``I``, float ``F``, as in
+    16-bit PNGs and float TIFFs) as an 8-bit grey image, scaled rather than clipped (PIL's own ``convert`` clips:
+    a 16-bit picture became 97 % white): integers in ``0..65535`` are divided by 257, floats in ``[0, 1]`` are
+    multiplied by 255 and floats in ``[0, 255]`` kept. Other values (negative, above 65535, non-finite) raise
+    ``ValueError`` saying so. Images of other modes are returned as they are."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all():
+            raise ValueError("a float image with non-finite samples (NaN or infinity)")
+        low, high = float(values.min(initial=0)), float(values.max(initial=0))
+        if low < 0 or high > 255:
+            raise ValueError(f"a float image with samples in [{low:g}, {high:g}]: relzoo reads [0, 1] or [0, 255]")
+        scaled = values * 255 if high <= 1 else values
+    else:
+        low, high = int(values.min(initial=0)), int(values.max(initial=0))
+        if low < 0 or high > 65535:
+            raise ValueError(f"a {image.mode} image with samples in [{low}, {high}]: relzoo reads 8- and 16-bit images")
+        scaled = values / 257.0
+    return PIL.Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def read_image(ds, index: int, mode: str = "RGB") -> tuple[PIL.Image.Image, int]:
-    """Row ``index`` of a ``datasets.Dataset`` as ``(image converted to mode, label)``. An image that cannot be
-    decoded raises :class:`UnreadableImageError` naming its file (or row), with ``source`` set."""
+    """Row ``index`` of a ``datasets.Dataset`` as ``(image converted to mode, label)``; images with more than 8 bits
+    per sample are scaled to 8 bits first (:func:`to_8bit`). An image that cannot be decoded, or whose samples are
+    out of range, raises :class:`UnreadableImageError` naming its file (or row), with ``source`` set."""
     try:
         row = ds[int(index)]
-        return row["image"].convert(mode), int(row["label"])
+        return to_8bit(row["image"]).convert(mode), int(row["label"])
     except _DECODE_ERRORS as err:
         source = image_source(ds, index)
         raise UnreadableImageError(

@@ -50,15 +50,24 @@ def check_support_labels(support_labels: torch.Tensor, num_support: int, num_cla
     if num_support == 0:
         raise ValueError("the support set is empty: every episode needs at least one support image per class")
     low, high = int(support_labels.min()), int(support_labels.max())
+    if num_classes is None and high >= num_support:   # checked before counting: a label of 30,000,000 allocates
+        raise ValueError(f"`support_labels` must be class indices 0..N-1 with every class present, so at most "
+                         f"{num_support - 1} for {num_support} support images; got values in {low}..{high}")
     n = num_classes if num_classes is not None else high + 1
     if low < 0 or high >= n:
         raise ValueError(f"`support_labels` must be class indices in 0..{n - 1}, got values in {low}..{high}")
     counts = torch.bincount(support_labels.long(), minlength=n)
     empty = (counts == 0).nonzero().flatten().tolist()
     if empty:
+        present = sorted(set(support_labels.tolist()))
         raise ValueError(f"`support_labels` must give every class 0..{n - 1} at least one support image; class(es) "
-                         f"{empty} have none (labels present: {sorted(set(support_labels.tolist()))})")
+                         f"{_short(empty)} have none (labels present: {_short(present)})")
     return n
+
+
+def _short(values: list, limit: int = 10) -> str:
+    """A list for a message: at most ``limit`` items, then how many more."""
+    return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ... {len(values) - limit} more]"
 
 
 def class_layout(support_labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -652,6 +652,19 @@ OFFICIAL_RELATIONS = {"pairwise": "subtraction", "patchwise": "concatenation"}
 IMPLEMENTATIONS = ("fast", "reference")
 
 
+@torch.jit.unused
+def _onnx_exporting() -> bool:
+    """Inside ``torch.onnx.export`` (both exporters); TorchScript never calls it (guarded by ``is_scripting``)."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def onnx_exporting() -> bool:
+    """Whether an ONNX export is tracing the model: the custom operators then give way to standard ones."""
+    if torch.jit.is_scripting():
+        return False
+    return _onnx_exporting()
+
+
 def check_attention_args(sa_type: str, relation: str | None, implementation: str, pad_mode: str) -> str:
     """Validate the self-attention choices; returns the relation (``None`` -> the released one)."""
     if sa_type not in OFFICIAL_RELATIONS:
@@ -742,10 +755,16 @@ class SelfAttention2d(nn.Module):
         return (f"sa_type={self.sa_type}, relation={self.relation}, kernel_size={self.kernel_size}, "
                 f"implementation={self.implementation}, pad_mode={self.pad_mode}")
 
+    def _fast(self) -> bool:
+        """Whether the fast (custom-operator) paths run: ``implementation="fast"``, except inside an ONNX export
+        (``torch.onnx.export``, timm's ``onnx_export``), where the reference operators give ONNX a graph of standard
+        operators with the same weights (ONNX does not know ``relzoo::san_*``)."""
+        return self.implementation == "fast" and not onnx_exporting()
+
     def _inference_fusable(self) -> bool:
         """Fused paths run without autograd, with both BatchNorms of ``gamma`` normalising by running statistics."""
         bn0, bn3 = self.conv_w[0], self.conv_w[3]
-        return (self.implementation == "fast" and self.fuse_inference and not torch.is_grad_enabled()
+        return (self._fast() and self.fuse_inference and not torch.is_grad_enabled()
                 and not bn0.training and not bn3.training and bn0.running_var is not None
                 and bn3.running_var is not None)
 
@@ -766,7 +785,7 @@ class SelfAttention2d(nn.Module):
     def _pairwise_relation(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``delta(phi(x_i), psi(x_j))`` as ``(N, C_rel, K, L)``."""
         if self.relation == "subtraction":
-            if self.implementation == "fast":
+            if self._fast():
                 return subtraction2(x1, x2, self.kernel_size, pad_mode=self.pad_mode)
             return subtraction2_reference(x1, x2, self.kernel_size, pad_mode=self.pad_mode)
         n, c = x1.shape[0], x1.shape[1]
@@ -785,7 +804,7 @@ class SelfAttention2d(nn.Module):
         p = position_grid(x.shape[2], x.shape[3], x.device, x.dtype)
         if hasattr(self, "conv_p"):
             p = self.conv_p(p)
-        if self.implementation == "fast":
+        if self._fast():
             return subtraction(p, self.kernel_size, pad_mode=self.pad_mode)
         return subtraction_reference(p, self.kernel_size, pad_mode=self.pad_mode)
 
@@ -838,6 +857,6 @@ class SelfAttention2d(nn.Module):
             weight = self.conv_w(torch.cat([rel, pos], dim=1)).softmax(dim=-2)  # (N, Cw, K, L), sums to 1 over K
         else:
             weight = self._patchwise_weight(x1, x2)
-        if self.implementation == "fast":
+        if self._fast():
             return aggregation(x3, weight, self.kernel_size, pad_mode=self.pad_mode)
         return aggregation_reference(x3, weight, self.kernel_size, pad_mode=self.pad_mode)

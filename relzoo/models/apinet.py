@@ -27,9 +27,8 @@ from transformers.utils.generic import can_return_tuple
 from ..layers.apinet import MutualVector, apinet_loss, attentive_features, check_pairable, mine_pairs
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
-from .inputs import check_image_batch
+from .inputs import check_class_labels, check_finite, check_image_batch
 from .plugins import (
-    check_class_labels,
     check_split_head,
     classifier_of,
     init_plugin_weights,
@@ -210,6 +209,8 @@ class APINetForImageClassification(APINetPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutput:
         check_image_batch("pixel_values", pixel_values, self.config.num_channels, self.dtype)
+        if self.training:
+            check_finite("pixel_values", pixel_values)
         if labels is not None and (labels.dim() == 0 or labels.shape[0] != pixel_values.shape[0]):
             raise ValueError(f"`labels` must have one row per image ({pixel_values.shape[0]}), got shape "
                              f"{tuple(labels.shape)}")

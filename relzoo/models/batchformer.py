@@ -23,8 +23,8 @@ from transformers.utils.generic import can_return_tuple
 from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
-from .inputs import check_image_batch
-from .plugins import check_class_labels, check_split_head, init_plugin_weights, pooled_width, probe_input, remove_plugin
+from .inputs import check_class_labels, check_finite, check_image_batch
+from .plugins import check_split_head, init_plugin_weights, pooled_width, probe_input, remove_plugin
 
 __all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPlugin", "BatchFormerPreTrainedModel",
            "add_batchformer", "batchformer_targets", "has_batchformer", "remove_batchformer"]
@@ -56,8 +56,12 @@ class BatchFormerPlugin(nn.Module):
             classifier.register_forward_pre_hook(self.classifier_pre_hook)
 
     def model_pre_hook(self, model: nn.Module, args: tuple) -> None:
-        """V1, on the model's own forward: :meth:`hook_classifier` first."""
-        self.hook_classifier(model)
+        """On the model's own forward: remember the batch size (:func:`batchformer_targets` checks against it); V1:
+        :meth:`hook_classifier` first."""
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            self.last_batch_size = int(args[0].shape[0])
+        if self.version == 1:
+            self.hook_classifier(model)
 
     def make_insertion_hook(self, index: int):
         return self.insertions[index].after_hook
@@ -133,6 +137,7 @@ def add_batchformer(model: nn.Module, version: int = 1, after: list[str] | str |
     plugin = BatchFormerPlugin(BatchFormer(channels[0], num_heads, dim_feedforward, dropout), 2, names)
     plugin.to(next(model.parameters()).device)
     model.batchformer = plugin
+    model.register_forward_pre_hook(plugin.model_pre_hook)     # records the batch size
     modules = dict(model.named_modules())
     for i, name in enumerate(names):
         modules[name].register_forward_hook(plugin.make_insertion_hook(i))
@@ -153,8 +158,16 @@ def has_batchformer(model: nn.Module) -> bool:
 
 def batchformer_targets(model: nn.Module, targets: torch.Tensor) -> torch.Tensor:
     """The targets for the model's output: duplicated (``cat([y, y])``, the two streams) when the model carries a
-    BatchFormer and is training, unchanged otherwise."""
+    BatchFormer and is training, unchanged otherwise. ``targets`` must have one entry per image of the model's last
+    forward pass (a ``ValueError`` says so, instead of a shape error inside the loss)."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() == 0:
+        raise ValueError(f"`targets` must be a tensor with one entry per image (N, ...), got "
+                         f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
     if has_batchformer(model) and model.training:
+        last = getattr(model.batchformer, "last_batch_size", None)
+        if last is not None and targets.shape[0] != last:
+            raise ValueError(f"`targets` has {targets.shape[0]} entries but the model's last forward pass had {last} "
+                             "images: pass the targets of that batch")
         return torch.cat([targets, targets], dim=0)
     return targets
 
@@ -237,6 +250,8 @@ class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, **kwargs) -> ImageClassifierOutput:
         check_image_batch("pixel_values", pixel_values, self.config.num_channels, self.dtype)
+        if self.training:
+            check_finite("pixel_values", pixel_values)
         if labels is not None and (labels.dim() == 0 or labels.shape[0] != pixel_values.shape[0]):
             raise ValueError(f"`labels` must have one row per image ({pixel_values.shape[0]}), got shape "
                              f"{tuple(labels.shape)}")

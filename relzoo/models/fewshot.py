@@ -34,7 +34,7 @@ from transformers.utils.generic import can_return_tuple
 from ..layers.crosstransformer import HEAD_INITS, CrossAttentionHead, check_support_labels, prototype_logits
 from .backbones import build_backbone, check_backbone_config, keep_initialisation
 from .hub_mixin import ChecksummedPretrainedMixin
-from .inputs import check_image_batch
+from .inputs import check_finite, check_image_batch
 
 __all__ = ["AutoModelForFewShotClassification", "CrossTransformerConfig", "CrossTransformerForFewShotClassification",
            "FewShotClassifierOutput", "FewShotPreTrainedModel", "ProtoNetConfig", "ProtoNetForFewShotClassification",
@@ -394,6 +394,10 @@ class FewShotPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
         if query_pixel_values is None:
             raise ValueError("`query_pixel_values` (Q, C, H, W) is required")
         check_images("query_pixel_values", query_pixel_values, self.config.num_channels, self.dtype)
+        if self.training:
+            for name, x in (("support_pixel_values", support_pixel_values), ("query_pixel_values", query_pixel_values)):
+                if x is not None:
+                    check_finite(name, x)
         if query_labels is not None:
             check_query_labels(query_labels, query_pixel_values.shape[0], num_classes)
         support = self._embed_support(support_pixel_values, support_labels) if support_pixel_values is not None \

@@ -32,7 +32,7 @@ from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_fea
 from .backbones import build_backbone, check_backbone_config
 from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, prune_after_taps, resolve_taps
 from .hub_mixin import ChecksummedPretrainedMixin
-from .inputs import check_image_batch
+from .inputs import check_finite, check_image_batch
 
 __all__ = ["AutoModelForFewShotSegmentation", "FewShotSegmentationOutput", "HSNetConfig",
            "HSNetForFewShotSegmentation", "HSNetPreTrainedModel", "official_order_forward", "vote"]
@@ -55,12 +55,15 @@ class HSNetConfig(PreTrainedConfig):
         use_support_mask (`bool`, defaults to `True`): mask the support features (official); `False` is the
             paper's unmasked (dagger) variant.
         image_size (`int`, defaults to 400): the side the official models run at (preprocessing).
+        max_correlation_gib (`float`, defaults to 4.0): the largest 4D correlation (all taps of the finest level, one
+            shot of the batch, in GiB) the model builds; larger query x support sizes are refused before the
+            backbone runs (a 1600 px query and support on ResNet-18 need 12 GiB; the official 400 px ResNet-50 0.1).
     """
 
     model_type = "hsnet"
 
     def __init__(self, backbone="resnet50", backbone_kwargs=None, backbone_pretrained=False, feature_taps=None,
-                 num_channels=3, use_support_mask=True, image_size=400, **kwargs):
+                 num_channels=3, use_support_mask=True, image_size=400, max_correlation_gib=4.0, **kwargs):
         kwargs_checked = check_backbone_config(backbone, backbone_kwargs, backbone_pretrained, num_channels)
         if feature_taps is not None and not (
                 isinstance(feature_taps, (list, tuple)) and len(feature_taps) == 3
@@ -75,7 +78,11 @@ class HSNetConfig(PreTrainedConfig):
         self.backbone, self.backbone_kwargs = backbone, kwargs_checked
         self.backbone_pretrained, self.num_channels = backbone_pretrained, num_channels
         self.feature_taps = [list(level) for level in feature_taps] if feature_taps is not None else None
+        if isinstance(max_correlation_gib, bool) or not isinstance(max_correlation_gib, (int, float)) \
+                or not max_correlation_gib > 0:
+            raise ValueError(f"`max_correlation_gib` must be a positive number, got {max_correlation_gib!r}")
         self.use_support_mask, self.image_size = use_support_mask, image_size
+        self.max_correlation_gib = float(max_correlation_gib)
         super().__init__(**kwargs)
 
 
@@ -174,6 +181,7 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
             raise ValueError(f"images must be at least {LEVEL_STRIDES[-1]} px on each side (the deepest taps have "
                              f"stride {LEVEL_STRIDES[-1]}), got query {tuple(query.shape[-2:])} and support "
                              f"{tuple(support.shape[-2:])}")
+        self._check_correlation_size(batch, tuple(query.shape[-2:]), tuple(support.shape[-2:]))
         if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (*support.shape[:2], *support.shape[-2:]):
             raise ValueError(f"`support_masks` must have shape {(*support.shape[:2], *support.shape[-2:])} (B, K, H, "
                              f"W of the support images), got "
@@ -188,6 +196,25 @@ class HSNetForFewShotSegmentation(HSNetPreTrainedModel):
                 raise ValueError(f"`labels` must have shape {(batch, *query.shape[-2:])} (the query images' B, H, W), "
                                  f"got {tuple(labels.shape)}")
             _check_binary("labels", labels, (0, 1, IGNORE_INDEX))
+            if labels.numel() and bool((labels == IGNORE_INDEX).all()):
+                raise ValueError(f"`labels` hold only ignored pixels ({IGNORE_INDEX}): the loss would be NaN; give "
+                                 "each batch at least one labelled pixel")
+            why = "the loss would be NaN"
+            check_finite("query_pixel_values", query, why)
+            check_finite("support_pixel_values", support, why)
+
+    def _check_correlation_size(self, batch: int, query_size: tuple[int, int], support_size: tuple[int, int]) -> None:
+        """Refuse sizes whose correlation at the finest level would exceed ``config.max_correlation_gib``, before
+        anything is allocated (the correlation is the model's input: it cannot be computed in pieces)."""
+        stride, taps = LEVEL_STRIDES[0], len(self.config.feature_taps[0])
+        cells = [-(-side // stride) for side in (*query_size, *support_size)]
+        need = batch * taps * cells[0] * cells[1] * cells[2] * cells[3] * torch.finfo(self.dtype).bits // 8
+        limit = getattr(self.config, "max_correlation_gib", 4.0)
+        if need > limit * 2**30:
+            raise ValueError(f"query {query_size[0]}x{query_size[1]} and support {support_size[0]}x{support_size[1]} "
+                             f"need a {need / 2**30:.1f} GiB correlation at stride {stride} ({batch} episode(s) x "
+                             f"{taps} taps), above max_correlation_gib={limit:g}: resize the images (the official "
+                             f"models run at {self.config.image_size} px) or raise config.max_correlation_gib")
 
     @can_return_tuple
     def forward(self, query_pixel_values: torch.Tensor | None = None, support_pixel_values: torch.Tensor | None = None,

@@ -29,8 +29,35 @@ class ChecksummedPretrainedMixin:
             _fail_fast_if_unreachable(str(pretrained_model_name_or_path), kwargs)
             folder, in_cache = _manifest_folder(pretrained_model_name_or_path, kwargs)
             if folder is not None:
+                if not in_cache:
+                    _check_local_folder(folder, config_given=kwargs.get("config") is not None)
                 verify_checksums(folder, missing_ok=in_cache, replaced_ok=True)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _check_local_folder(folder: Path, config_given: bool) -> None:
+    """One line naming the file for what transformers reports late or not at all: a missing ``config.json`` (a
+    default config was used, then a size-mismatch error), one that is not a JSON object (``null``, nested beyond
+    reason), and weights files that are not safetensors files of tensors (a flipped header byte gave a warning,
+    then a raw SafetensorError)."""
+    import json
+
+    from ..fileio import check_safetensors_file
+
+    config = folder / "config.json"
+    if not config_given:
+        if not config.is_file():
+            raise OSError(f"{str(config)!r} is missing: {str(folder)!r} is not a model folder written by "
+                          "save_pretrained (or pass config=...)")
+        try:
+            data = json.loads(config.read_text())
+        except (ValueError, RecursionError, UnicodeDecodeError) as err:
+            raise ValueError(f"{str(config)!r} is not readable JSON ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{str(config)!r} must hold a JSON object (a model config), got {type(data).__name__}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(weights)
 
 
 def _fail_fast_if_unreachable(name: str, kwargs: dict) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-__all__ = ["check_class_labels", "check_split_head", "classifier_of", "init_plugin_weights", "pooled_width",
+__all__ = ["check_split_head", "classifier_of", "init_plugin_weights", "pooled_width",
            "remove_plugin"]
 
 
@@ -93,16 +93,6 @@ def remove_plugin(model: nn.Module, attribute: str) -> nn.Module:
                     del hooks[key]
     delattr(model, attribute)
     return model
-
-
-def check_class_labels(labels: torch.Tensor, num_labels: int) -> None:
-    """Integer class labels must lie in ``[0, num_labels)``: a named error instead of an index error deep inside
-    the loss (or a device-side assert on a GPU)."""
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        return  # regression / multi-label targets: the loss checks them
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
-        raise ValueError(f"`labels` must be class ids in [0, {num_labels - 1}] (num_labels={num_labels}), got values "
-                         f"from {int(labels.min())} to {int(labels.max())}")
 
 
 @torch.no_grad()

@@ -35,13 +35,22 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..checksums import verify_checksums
 from ..hub_access import hub_unreachable, not_reachable_message
-from ..layers.san import Conv1x1, SelfAttention2d, bn_scale_shift, check_attention_args, conv1x1, footprint_padding
+from ..layers.san import (
+    Conv1x1,
+    SelfAttention2d,
+    bn_scale_shift,
+    check_attention_args,
+    conv1x1,
+    footprint_padding,
+    onnx_exporting,
+)
 from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 from .hub_mixin import ChecksummedPretrainedMixin
-from .inputs import check_image_batch
+from .inputs import check_class_labels, check_finite, check_image_batch, class_names
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
+
 
 SAN_LAYERS = {"san10": (2, 1, 2, 4, 1), "san15": (3, 2, 3, 5, 2), "san19": (3, 3, 4, 6, 3)}
 SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
@@ -133,6 +142,8 @@ def check_pixel_values(x, in_chans: int, min_size: int, dtype: torch.dtype, trai
     if training and x.shape[0] == 0:
         raise ValueError(f"`pixel_values` holds no image (shape {tuple(x.shape)}): training needs a batch of at least "
                          "one (BatchNorm normalises with batch statistics); an empty batch is only valid in eval mode")
+    if training:
+        check_finite("pixel_values", x)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +251,7 @@ class SANStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_pixel_values(x, self.in_chans, self.min_size, self.conv.weight.dtype, self.training)
-        if torch.is_grad_enabled() or self.bn.training or self.bn.running_var is None:
+        if torch.is_grad_enabled() or self.bn.training or self.bn.running_var is None or onnx_exporting():
             return self.pool(self.act(self.bn(self.conv(x))))
         w, b, mean, var = self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var
         assert w is not None and b is not None and mean is not None and var is not None
@@ -622,7 +633,7 @@ class SANConfig(PreTrainedConfig):
         (kept out of ``model_args``: transformers' ``TimmWrapper`` would pass it twice) and ``pretrained_cfg``."""
         depth = next((d for d, layers in SAN_LAYERS.items() if tuple(layers) == tuple(self.layers)), "san10")
         architecture = f"{depth}_{'pair' if self.sa_type == 'pairwise' else 'patch'}"
-        labels = [self.id2label[i] for i in range(self.num_labels)] if self.num_labels else []
+        labels = class_names(self)
         cfg = {**_cfg(), **(self.pretrained_cfg or {}), "architecture": architecture, "num_classes": self.num_labels}
         cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
         return {"architecture": architecture, "num_classes": self.num_labels, "num_features": self.widths[-1],
@@ -730,7 +741,11 @@ class SANForImageClassification(SANPreTrainedModel):
                 **kwargs) -> ImageClassifierOutputWithNoAttention:
         outputs = self.san(pixel_values, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        loss = None
+        if labels is not None:
+            if self.config.problem_type in (None, "single_label_classification"):
+                check_class_labels(labels, self.config.num_labels)
+            loss = self.loss_function(labels, logits, self.config)
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
     @classmethod

@@ -59,6 +59,7 @@ def attention_picture(model, support_pixel_values: torch.Tensor, support_labels:
 def write_attention_maps(model, args, folder: Path) -> list[Path]:
     """``args.attention_maps`` pictures (queries of the first test set, a 1-shot episode of its classes)."""
     from ..data.episodes import EpisodeCollator, EpisodeSampler
+    from ..data.transforms import read_image
     from .fewshot import load_split
 
     name, split, classes = args.parsed_eval_sets()[0]
@@ -70,7 +71,7 @@ def write_attention_maps(model, args, folder: Path) -> list[Path]:
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     paths = []
     for i in range(args.attention_maps):
-        ep = collate([(ds[it.index]["image"].convert("RGB"), it) for it in sampler.episode(i)])
+        ep = collate([(read_image(ds, it.index, "RGB")[0], it) for it in sampler.episode(i)])
         picture = attention_picture(model, ep["support_pixel_values"].to(device, dtype), ep["support_labels"].to(device),
                                     ep["query_pixel_values"][:1].to(device, dtype))
         path = folder / f"query_{i:03d}.png"
