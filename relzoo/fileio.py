@@ -137,6 +137,11 @@ def load_checkpoint_safely(path: str | os.PathLike, what: str = "checkpoint") ->
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "GLOBAL " not in str(err):   # no code or object reference: damage, another format, random bytes
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            raise ValueError(f"`{what}` {str(path)!r} is not a readable PyTorch checkpoint (damaged or another "
+                             f"format: {detail.group(1).strip() if detail else 'UnpicklingError'}); nothing in it "
+                             "was run") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         detail = f" (it refers to {found.group(1)})" if found else ""
         raise ValueError(f"`{what}` {str(path)!r} holds Python code or objects besides tensors{detail}; relzoo refuses "

@@ -176,3 +176,52 @@ def test_a_non_finite_training_batch_stops_before_the_forward_pass(tmp_path):
         engine.fit(step)
     assert seen == [4] and bool(torch.isfinite(model[1].running_mean).all())
     assert non_finite_inputs({"a": torch.tensor([1.0, float("inf")]), "b": torch.tensor([1])}) == ["a"]
+
+
+@pytest.mark.parametrize("script, argv, expected", [
+    ("classifier", ["--model", "resnet_nope"], "`model` must be a timm model name"),
+    ("classifier", ["--dataset", "nope"], "`dataset` must be one of"),
+    ("classifier", ["--train_split", "nope"], "`dataset` 'digits', `train_split` 'nope', `eval_split` 'test': "
+                                              "`split` for digits must be 'train' or 'test'"),
+    ("classifier", ["--model_kwargs", '{"nope": 1}'], "`model` 'resnet10t', `model_kwargs` '{\"nope\": 1}': TypeError"),
+    ("classifier", ["--batch_size", "5000"], "`batch_size` 5000 x 1 processes is larger than the training set"),
+    ("classifier", ["--batch_size", "1"], "`batch_size` must be at least 2 for resnet10t: BatchNorm"),
+    ("classifier", ["--image_size", "30000"], "`image_size` must be at most 4096"),
+    ("fewshot", ["--n_way", "20"], "5 usable classes, but episodes need 20"),
+    ("fewshot", ["--n_shot", "1000"], "have fewer than 1010 images"),
+    ("fewshot", ["--backbone_kwargs", '{"output_stride": 7}'], "`backbone_kwargs` '{\"output_stride\": 7}': "
+                                                               "AssertionError (the library gave no message)"),
+    ("fewshot", ["--backbone", "nope18"], "`backbone` must be a timm model name"),
+    ("fewshot", ["--eval_way", "10"], "the test episodes of digits:test (10-way, up to 5-shot, 15 queries per class) "
+                                      "cannot be drawn: 5 usable classes, but episodes need 10"),
+    ("fewshot", ["--eval_queries", "1000"], "cannot be drawn: 0 usable classes"),
+    ("fewshot", ["--eval_sets", "nope:test:5,6,7,8,9"], "`eval_sets` 'nope:test:5,6,7,8,9': `dataset` must be one of"),
+    ("fewshot", ["--eval_sets", "digits:test:5,6,7,8,19"], "`eval_sets` entry digits:test: classes [19] have no image"),
+    ("segmentation", ["--backbone", "vit_tiny_patch16_224"], "HSNet needs a CNN with feature maps at output strides "
+                                                             "[8, 16, 32]; VisionTransformer has strides [16]"),
+])
+def test_arguments_that_do_not_fit_the_data_or_model_are_one_line_exit_2(tmp_path, fashion_like, monkeypatch, capsys,
+                                                                         script, argv, expected):
+    """Each of these was a traceback with exit 1 (RuntimeError: Unknown model, a bare AssertionError, ...) or was found
+    only after training."""
+    from relzoo.train.cli import run_script
+
+    monkeypatch.setenv("RELZOO_FASHION_MNIST_DIR", str(fashion_like))
+    base = {"classifier": ["--model", "resnet10t", "--dataset", "digits", "--max_steps", "1", "--batch_size", "4",
+                           "--image_size", "32", "--eval_samples", "8"],
+            "fewshot": ["--backbone", "resnet10t", "--dataset", "digits", "--train_classes", "0,1,2,3,4",
+                        "--eval_sets", "digits:test:5,6,7,8,9", "--max_steps", "1", "--image_size", "32"],
+            "segmentation": ["--max_steps", "1", "--image_size", "64", "--data_dir", str(fashion_like)]}[script]
+    from relzoo.train import ClassifierTrainingArguments
+    from relzoo.train.fewshot import FewShotTrainingArguments, train_fewshot
+    from relzoo.train.segmentation import SegmentationTrainingArguments, train_segmentation
+
+    cls, fn = {"classifier": (ClassifierTrainingArguments, train_classifier),
+               "fewshot": (FewShotTrainingArguments, train_fewshot),
+               "segmentation": (SegmentationTrainingArguments, train_segmentation)}[script]
+    with pytest.raises(SystemExit) as err:
+        run_script(cls, fn, [*base, *argv, "--output_dir", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    message = stderr.strip().splitlines()[-1]          # (datasets prints its progress bars above)
+    assert err.value.code == 2 and message.startswith("__main__.py: error: ") and expected in message
+    assert "Traceback" not in stderr

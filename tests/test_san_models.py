@@ -558,3 +558,27 @@ def test_torch_compile_fullgraph_matches_eager(variant):
     model(x).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-7, atol=1e-9, msg=n)
+
+
+def test_unsettled_batchnorm_statistics_warn_with_the_remedy():
+    """timm's train.py + validate.py on san10_patch gave NaN validation after a short run: inference activations grew
+    block after block from BatchNorm running statistics that had not settled. Eval-mode features that are not finite
+    warn, naming the remedy; re-estimating the statistics (torch.optim.swa_utils.update_bn) gives finite outputs."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = timm.create_model("san10_patch", num_classes=3, widths=[32, 32, 64, 64, 128], stem_width=16,
+                              layers=[1, 1, 1, 1, 1], kernels=[3, 3, 3, 3, 3])
+    images = torch.randn(8, 3, 64, 64) * 3 + 1
+    for module in model.modules():                     # running statistics far from what the data gives
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.fill_(1e-12)
+    model.eval()
+    with pytest.warns(RuntimeWarning, match="BatchNorm running statistics have not settled"), torch.no_grad():
+        assert not torch.isfinite(model(images)).all()
+    torch.optim.swa_utils.update_bn([images[:4], images[4:]], model)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            assert torch.isfinite(model(images)).all()

@@ -59,6 +59,11 @@ def generic_taps(model: nn.Module, in_chans: int = 3, probe_size: int = 256) -> 
     info = getattr(model, "feature_info", None)
     if not info:
         raise ValueError(f"{type(model).__name__} has no timm `feature_info`: name its taps in `feature_taps`")
+    reductions = sorted({int(entry.get("reduction", 0)) for entry in info})
+    if not set(LEVEL_STRIDES) <= set(reductions):
+        raise ValueError(f"HSNet needs a CNN with feature maps at output strides {list(LEVEL_STRIDES)}; "
+                         f"{type(model).__name__} has strides {reductions} (a ViT keeps one): choose a CNN backbone "
+                         "or name its taps in `feature_taps`")
     modules = dict(model.named_modules())
     names = [entry["module"] for entry in info]
     parent = names[-1].rpartition(".")[0]

@@ -19,6 +19,7 @@ head ``classifier`` instead of ``fc``. ``checkpoint_filter_fn`` accepts all thre
 """
 import os
 import re
+import warnings
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -197,7 +198,25 @@ def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor]
     return _stem_eval_op(x, conv_weight, bn, eps, band_bytes)
 
 
-for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval"):  # torch.fx leaf functions
+def warn_if_not_finite(features: torch.Tensor) -> torch.Tensor:
+    """Inference features that hold NaN or infinity come from BatchNorm running statistics that have not settled (a
+    short training run: SAN multiplies weights and values computed from the same map, so a mismatch between running
+    and batch statistics grows block after block until it overflows). Warn with the remedy; return ``features``."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return features
+    if not bool(torch.isfinite(features).all()):
+        warnings.warn(UNSETTLED_BN_WARNING, RuntimeWarning, stacklevel=3)
+    return features
+
+
+UNSETTLED_BN_WARNING = (
+    "SAN's inference features hold NaN or infinite values: the BatchNorm running statistics have not settled (a short "
+    "or high learning-rate run; training-mode outputs stay finite). Re-estimate them on a few training batches "
+    "before evaluating: torch.optim.swa_utils.update_bn(train_loader, model), or relzoo's trainer "
+    "--recalibrate_bn_batches (see the README, 'Short runs and BatchNorm')")
+
+
+for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval", "warn_if_not_finite"):  # torch.fx leaf functions
     torch.fx.wrap(_name)
 
 
@@ -395,8 +414,10 @@ class SAN(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``."""
-        return self.stages(self.stem(x))
+        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``. In eval mode, non-finite features warn
+        (:func:`warn_if_not_finite`)."""
+        x = self.stages(self.stem(x))
+        return x if self.training else warn_if_not_finite(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(N, C, h, w)`` -> pooled ``(N, C)`` if ``pre_logits`` else logits ``(N, num_classes)``."""

@@ -366,14 +366,14 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
 
-    with argument_check("dataset", "train_split", "eval_split"):
+    with argument_check(args, "dataset", "train_split", "eval_split"):
         train_hf = _subset(load_image_dataset(args.dataset, args.train_split), args.train_samples, args.seed)
         eval_hf = _subset(load_image_dataset(args.dataset, args.eval_split), args.eval_samples, args.seed)
     names = class_names(train_hf)
     if not timm.is_model(args.model):
         raise BadArgumentError(f"`model` must be a timm model name (relzoo's included, see timm.list_models()), got "
                                f"{args.model!r}")
-    with argument_check("model", "model_kwargs"):
+    with argument_check(args, "model", "model_kwargs"):
         model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=len(names),
                                   in_chans=args.in_chans, **resolve_model_kwargs(args))
     if args.batch_size < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):

@@ -29,11 +29,11 @@ class BadArgumentError(ValueError):
 
 
 @contextlib.contextmanager
-def argument_check(*names: str):
+def argument_check(args, *names: str):
     """Turn what building a dataset, a sampler or a model raises for a bad argument (torch's, timm's, datasets' own
     errors: ``RuntimeError: Unknown model``, a bare ``AssertionError``, a ``TypeError`` for an unknown keyword) into
-    one :class:`BadArgumentError` naming the arguments involved. Unreadable images are not argument errors and pass
-    through."""
+    one :class:`BadArgumentError` naming the arguments involved (``names``, fields of ``args``) and their values.
+    Unreadable images are not argument errors and pass through."""
     from ..data import UnreadableImageError
 
     try:
@@ -42,9 +42,14 @@ def argument_check(*names: str):
         raise
     except (ValueError, TypeError, RuntimeError, AssertionError, KeyError, IndexError, FileNotFoundError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        what = f"{type(err).__name__}: {text}" if not isinstance(err, ValueError) or not text else text
-        named = " / ".join(f"`{n}`" for n in names)
-        raise BadArgumentError(what if all(f"`{n}`" in what for n in names[:1]) else f"{named}: {what}") from None
+        if not text:
+            what = f"{type(err).__name__} (the library gave no message)"
+        else:
+            what = text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
+        if names and f"`{names[0]}`" in what:
+            raise BadArgumentError(what) from None
+        named = ", ".join(f"`{n}` {getattr(args, n, None)!r}" for n in names)
+        raise BadArgumentError(f"{named}: {what}") from None
 
 
 class TrainingDivergedError(RuntimeError):

@@ -377,10 +377,10 @@ def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
 
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
-    with argument_check("dataset", "train_split"):
+    with argument_check(args, "dataset", "train_split"):
         train_ds = load_split(args.dataset, args.train_split)
     # the sampler's episode i of epoch e depends only on (seed, e, i): processes take alternate episodes
-    with argument_check("n_way", "n_shot", "n_query", "train_classes"):
+    with argument_check(args, "n_way", "n_shot", "n_query", "train_classes"):
         sampler = EpisodeSampler(train_ds, n_way=args.n_way, n_shot=args.n_shot, n_query=args.n_query,
                                  num_episodes=args.max_steps * accelerator.num_processes, seed=args.seed,
                                  classes=args.parsed_train_classes(), variable=args.variable_episodes)
@@ -388,7 +388,7 @@ def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
     collator = EpisodeCollator(args.image_size, simclr_probability=args.simclr_probability)
     train_dl = episode_loader(train_ds, sampler, collator, num_workers=args.num_workers,
                               skip_unreadable=args.skip_unreadable_images)
-    with argument_check("backbone", "backbone_kwargs"):
+    with argument_check(args, "backbone", "backbone_kwargs"):
         model = build_model(args)
     if args.recipe == "official":
         lr = args.lr or 6e-4
@@ -469,7 +469,7 @@ def check_evaluation_sets(args: FewShotTrainingArguments) -> None:
     from ..data.episodes import EpisodeSampler
 
     for name, split, classes in args.parsed_eval_sets():
-        with argument_check("eval_sets"):
+        with argument_check(args, "eval_sets"):
             ds = load_split(name, split)
         pool, chosen = _pool(ds, classes, args.eval_pool_per_class, args.seed)
         labels = [int(x) for x in ds.select(pool.tolist())["label"]] if len(pool) else []
@@ -478,7 +478,7 @@ def check_evaluation_sets(args: FewShotTrainingArguments) -> None:
         if missing:
             raise BadArgumentError(f"`eval_sets` entry {name}:{split}: classes {missing} have no image (classes "
                                    f"present: {sorted(set(int(x) for x in ds['label']))})")
-        with argument_check("eval_way", "eval_shots", "eval_queries", "eval_pool_per_class"):
+        with argument_check(args, "eval_way", "eval_shots", "eval_queries", "eval_pool_per_class"):
             try:
                 EpisodeSampler(labels, n_way=args.eval_way, n_shot=max(args.parsed_shots()), n_query=args.eval_queries,
                                num_episodes=1, seed=args.seed)

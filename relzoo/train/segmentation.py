@@ -415,16 +415,16 @@ def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dic
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
     per_run = args.max_steps * args.batch_size * accelerator.num_processes  # built-in: one epoch = the whole run
-    with argument_check("dataset", "data_dir", "split_dir", "fold"):   # the data first: found before any model
+    with argument_check(args, "dataset", "data_dir", "split_dir", "fold"):   # the data first: found before any model
         episodes = segmentation_episodes(args, "train", 1, per_run if args.dataset == "fashion_mnist_composites"
                                          else None, args.seed)
         for shots in args.parsed_shots():
             segmentation_episodes(args, "test", shots, args.eval_episodes, args.seed + 1)
-    with argument_check("backbone", "backbone_kwargs"):
+    with argument_check(args, "backbone", "backbone_kwargs"):
         model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone,
                                                         backbone_kwargs=args.parsed_backbone_kwargs(),
                                                         backbone_pretrained=args.backbone_pretrained))
-    with argument_check("backbone_weights"):
+    with argument_check(args, "backbone_weights"):
         weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
     pretraining = pretrain_backbone(model, args) if args.pretrain_backbone_steps else None
     if pretraining is not None and pretraining.get("interrupted"):
