@@ -15,9 +15,9 @@ run's results to OUTPUT/table.md and OUTPUT/table.json.
 with the same arguments are kept, not run again (an interrupted table continues where it stopped).
 """
 import argparse
-import dataclasses
 import json
 import statistics
+import typing
 from pathlib import Path
 
 from relzoo.train.engine import write_json_atomic
@@ -32,7 +32,12 @@ FOLDS = [dict(train_classes=EVEN, eval_sets=f"fashion_mnist:test:{ODD};digits:al
          dict(train_classes=ODD, eval_sets=f"fashion_mnist:test:{EVEN};digits:all:all")]
 
 
-STRING_FIELDS = {f.name for f in dataclasses.fields(FewShotTrainingArguments) if str(f.type).startswith("str")}
+def _is_text(hint) -> bool:
+    return hint is str or str in typing.get_args(hint)
+
+
+# from the annotations, not dataclasses.fields(): transformers' HfArgumentParser rewrites Field.type in place
+STRING_FIELDS = {name for name, hint in typing.get_type_hints(FewShotTrainingArguments).items() if _is_text(hint)}
 
 
 def _value(name: str, text: str):

@@ -7,12 +7,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_benchmark_quick_runs(tmp_path):
+def test_benchmark_quick_runs(tmp_path, monkeypatch):
     import runpy
     import sys
 
-    sys.argv = ["benchmark.py", "san", "--quick", "--json", str(tmp_path / "b.json")]
-    result = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"](sys.argv[1:])
+    argv = ["benchmark.py", "san", "--quick", "--json", str(tmp_path / "b.json")]
+    monkeypatch.setattr(sys, "argv", argv)      # restored afterwards: later tests read the program name from it
+    result = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"](argv[1:])
     assert result["aggregation"][0]["memory_ratio"] > 1  # the reference holds the unfolded copy, the fast path does not
     assert result["attention"][0]["memory_ratio"] > 1  # the fused attention never holds the relation tensor
     rows = {r["model"]: r for r in result["models"]}

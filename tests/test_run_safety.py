@@ -219,9 +219,10 @@ def test_arguments_that_do_not_fit_the_data_or_model_are_one_line_exit_2(tmp_pat
     cls, fn = {"classifier": (ClassifierTrainingArguments, train_classifier),
                "fewshot": (FewShotTrainingArguments, train_fewshot),
                "segmentation": (SegmentationTrainingArguments, train_segmentation)}[script]
+    monkeypatch.setattr(sys, "argv", [f"train_{script}.py"])     # argparse names the program from argv[0]
     with pytest.raises(SystemExit) as err:
         run_script(cls, fn, [*base, *argv, "--output_dir", str(tmp_path / "out")])
     stderr = capsys.readouterr().err
     message = stderr.strip().splitlines()[-1]          # (datasets prints its progress bars above)
-    assert err.value.code == 2 and message.startswith("__main__.py: error: ") and expected in message
+    assert err.value.code == 2 and message.startswith(f"train_{script}.py: error: ") and expected in message
     assert "Traceback" not in stderr

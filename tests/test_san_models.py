@@ -576,9 +576,40 @@ def test_unsettled_batchnorm_statistics_warn_with_the_remedy():
     model.eval()
     with pytest.warns(RuntimeWarning, match="BatchNorm running statistics have not settled"), torch.no_grad():
         assert not torch.isfinite(model(images)).all()
+    with warnings.catch_warnings():                    # one device read per evaluation, not one per batch
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            model(images)
+    with torch.device("meta"):                         # timm's shape checks run on the meta device: no read there
+        meta = timm.create_model("san10_patch", num_classes=3, device="meta", dtype=torch.float32).eval()
+    assert meta.forward_features(torch.randn(1, 3, 224, 224, device="meta")).shape == (1, 2048, 7, 7)
     torch.optim.swa_utils.update_bn([images[:4], images[4:]], model)
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.no_grad():
             assert torch.isfinite(model(images)).all()
+
+
+def test_timm_train_py_arguments_reach_san():
+    """timm's train.py passes drop_path_rate (--drop-path) to every model; SAN refused it with a TypeError. It is
+    stochastic depth on the residual branches, rising linearly over the blocks (0 by default, the official model)."""
+    model = timm.create_model("san10_patch", drop_path_rate=0.2, num_classes=2, widths=[32, 32, 64, 64, 128],
+                              stem_width=16, layers=[1, 1, 1, 1, 2], kernels=[3, 3, 3, 3, 3])
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for s in model.stages for b in s.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.2, 6).tolist())
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))                       # random depth in training
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+    from relzoo import SANConfig, SANForImageClassification
+
+    hf = SANForImageClassification.from_timm(model)
+    assert hf.config.drop_path_rate == 0.2 and hf.config.timm_fields()["model_args"]["drop_path_rate"] == 0.2
+    with pytest.raises(ValueError, match=r"`drop_path_rate` must be a number in \[0, 1\)"):
+        SANConfig(drop_path_rate=1.5)

@@ -195,9 +195,17 @@ def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(tmp_path, bro
 def test_fewshot_table_runs_folds_and_seeds_and_keeps_finished_runs(tmp_path, fashion_like, monkeypatch, capsys):
     """scripts/fewshot_table.py: both class folds, several seeds, a table per fold with the spread across seeds;
     runs already in table.json with the same arguments are kept on a second call."""
+    import importlib
+
+    from transformers import HfArgumentParser
+
+    from relzoo.train.fewshot import FewShotTrainingArguments
+
+    HfArgumentParser(FewShotTrainingArguments)      # rewrites the fields' types in place, as any earlier run does
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import fewshot_table
+        fewshot_table = importlib.reload(fewshot_table)
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     monkeypatch.setenv("RELZOO_FASHION_MNIST_DIR", str(fashion_like))

@@ -29,9 +29,9 @@ class ChecksummedPretrainedMixin:
             _fail_fast_if_unreachable(str(pretrained_model_name_or_path), kwargs)
             folder, in_cache = _manifest_folder(pretrained_model_name_or_path, kwargs)
             if folder is not None:
+                verify_checksums(folder, missing_ok=in_cache, replaced_ok=True)   # first: it says what happened
                 if not in_cache:
                     _check_local_folder(folder, config_given=kwargs.get("config") is not None)
-                verify_checksums(folder, missing_ok=in_cache, replaced_ok=True)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 

@@ -23,7 +23,7 @@ import warnings
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import create_classifier, get_device_dtype
+from timm.layers import DropPath, create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -88,7 +88,7 @@ def _int_list(name: str, value, what: str, odd: bool = False) -> list[int]:
 
 
 def check_san_args(sa_type, relation, layers, kernels, widths, stem_width, in_chans, rel_reduction, mid_reduction,
-                   share_planes, pad_mode, implementation, global_pool, drop_rate,
+                   share_planes, pad_mode, implementation, global_pool, drop_rate, drop_path_rate=0.0,
                    channels_name: str = "in_chans") -> tuple[list[int], list[int], list[int]]:
     """Validate a whole SAN architecture (shared by :class:`SAN` and :class:`SANConfig`, so a bad ``config.json``
     fails on load): types, lengths and ranges, each error naming the field and the value received. Returns
@@ -114,8 +114,9 @@ def check_san_args(sa_type, relation, layers, kernels, widths, stem_width, in_ch
     except Exception:
         raise ValueError(f"`global_pool` must be one of timm's pool types ('avg', 'max', 'avgmax', 'catavgmax', "
                          f"'' for none, ...), got {global_pool!r}") from None
-    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
-        raise ValueError(f"`drop_rate` must be a number in [0, 1), got {drop_rate!r}")
+    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}")
     return layers, kernels, widths
 
 
@@ -201,11 +202,10 @@ def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor]
 def warn_if_not_finite(features: torch.Tensor) -> torch.Tensor:
     """Inference features that hold NaN or infinity come from BatchNorm running statistics that have not settled (a
     short training run: SAN multiplies weights and values computed from the same map, so a mismatch between running
-    and batch statistics grows block after block until it overflows). Warn with the remedy; return ``features``."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return features
+    and batch statistics grows block after block until it overflows). Warn with the remedy; return ``features``.
+    The test reads one value back from the device, so :class:`SAN` runs it once per switch to eval mode only."""
     if not bool(torch.isfinite(features).all()):
-        warnings.warn(UNSETTLED_BN_WARNING, RuntimeWarning, stacklevel=3)
+        warnings.warn(UNSETTLED_BN_WARNING, RuntimeWarning, stacklevel=4)
     return features
 
 
@@ -216,7 +216,7 @@ UNSETTLED_BN_WARNING = (
     "--recalibrate_bn_batches (see the README, 'Short runs and BatchNorm')")
 
 
-for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval", "warn_if_not_finite"):  # torch.fx leaf functions
+for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval"):  # torch.fx leaf functions
     torch.fx.wrap(_name)
 
 
@@ -228,7 +228,7 @@ class SANBlock(GradientCheckpointingLayer):
     """
 
     def __init__(self, sa_type, channels, kernel_size, rel_reduction=16, mid_reduction=4, share_planes=8,
-                 relation=None, implementation="fast", pad_mode="reflect", device=None, dtype=None):
+                 relation=None, implementation="fast", pad_mode="reflect", drop_path=0.0, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         mid = channels // mid_reduction
@@ -238,11 +238,13 @@ class SANBlock(GradientCheckpointingLayer):
         self.bn2 = nn.BatchNorm2d(mid, **dd)
         self.conv = Conv1x1(mid, channels, **dd)
         self.act = nn.ReLU(inplace=True)
+        # stochastic depth of the residual branch (timm's drop_path_rate; the official model has none)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(x))
         out = self.act(self.bn2(self.sam(out)))
-        return self.conv(out).add_(x)  # in place on a fresh tensor: saves an allocation the size of x
+        return self.drop_path(self.conv(out)).add_(x)  # in place on a fresh tensor: saves an allocation
 
 
 class MaxPool2x2(nn.Module):
@@ -283,14 +285,15 @@ class SANStage(nn.Module):
     The first stage (``pool=False``) starts at the conv: the stem ends with its pool.
     """
 
-    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, pool=True, device=None, dtype=None,
-                 **block_kwargs):
+    def __init__(self, in_chs, out_chs, depth, kernel_size, sa_type, pool=True, drop_path=None, device=None,
+                 dtype=None, **block_kwargs):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.pool = MaxPool2x2() if pool else nn.Identity()
         self.conv = Conv1x1(in_chs, out_chs, bias=False, **dd)
-        self.blocks = nn.Sequential(*[SANBlock(sa_type, out_chs, kernel_size, **block_kwargs, **dd)
-                                      for _ in range(depth)])
+        rates = list(drop_path) if drop_path is not None else [0.0] * depth
+        self.blocks = nn.Sequential(*[SANBlock(sa_type, out_chs, kernel_size, drop_path=rates[j], **block_kwargs, **dd)
+                                      for j in range(depth)])
         self.norm = nn.BatchNorm2d(out_chs, **dd)
         self.act = nn.ReLU(inplace=True)
         self.grad_checkpointing = False
@@ -314,6 +317,8 @@ class SAN(nn.Module):
         widths: channels per stage.
         stem_width: channels of the stem.
         in_chans, num_classes, global_pool, drop_rate, device, dtype: as in timm.
+        drop_path_rate: stochastic depth of the residual branches, rising linearly to this rate over the blocks as in
+            timm (``train.py --drop-path``); 0 (default) is the official model.
         relation: relation function (``None`` = the released one; others are paper-only, see ``layers.san``).
         rel_reduction, mid_reduction, share_planes: the paper's r1, r2 and weight sharing (16, 4, 8).
         implementation: ``"fast"`` (default) or ``"reference"`` (pad + unfold, slow; for checks).
@@ -325,21 +330,21 @@ class SAN(nn.Module):
     def __init__(self, sa_type="patchwise", layers=(2, 1, 2, 4, 1), kernels=(3, 7, 7, 7, 7),
                  widths=(64, 256, 512, 1024, 2048), stem_width=64, in_chans=3, num_classes=1000, global_pool="avg",
                  drop_rate=0.0, relation=None, rel_reduction=16, mid_reduction=4, share_planes=8,
-                 implementation="fast", pad_mode="reflect", device=None, dtype=None, **kwargs):
+                 implementation="fast", pad_mode="reflect", drop_path_rate=0.0, device=None, dtype=None, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"SAN got unexpected keyword arguments {sorted(kwargs)}")
         dd = dict(device=device, dtype=dtype)
         layers, kernels, widths = check_san_args(sa_type, relation, layers, kernels, widths, stem_width, in_chans,
                                                  rel_reduction, mid_reduction, share_planes, pad_mode,
-                                                 implementation, global_pool, drop_rate)
+                                                 implementation, global_pool, drop_rate, drop_path_rate)
         if not _int(num_classes) or num_classes < 0:
             raise ValueError(f"`num_classes` must be an int >= 0 (0: no classifier), got {num_classes!r}")
         self.arch_args = dict(sa_type=sa_type, layers=layers, kernels=kernels, widths=widths,
                               stem_width=stem_width, in_chans=in_chans, relation=relation,
                               rel_reduction=rel_reduction, mid_reduction=mid_reduction, share_planes=share_planes,
                               implementation=implementation, pad_mode=pad_mode, global_pool=global_pool,
-                              drop_rate=drop_rate)
+                              drop_rate=drop_rate, drop_path_rate=drop_path_rate)
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.num_features = widths[-1]
         self.grad_checkpointing = False
@@ -348,8 +353,12 @@ class SAN(nn.Module):
                             relation=relation, implementation=implementation, pad_mode=pad_mode)
         stages, in_chs = [], stem_width
         self.feature_info = []
+        n = sum(layers)                                 # linear in depth, as timm's models (no tensor: meta device)
+        rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         for i, (depth, k, c) in enumerate(zip(layers, kernels, widths)):
-            stages.append(SANStage(in_chs, c, depth, k, sa_type, pool=i > 0, **block_kwargs, **dd))
+            stage_rates = rates[sum(layers[:i]):sum(layers[:i + 1])]
+            stages.append(SANStage(in_chs, c, depth, k, sa_type, pool=i > 0, drop_path=stage_rates, **block_kwargs,
+                                   **dd))
             self.feature_info.append(dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}"))
             in_chs = c
         self.stages = nn.Sequential(*stages)
@@ -414,10 +423,25 @@ class SAN(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``. In eval mode, non-finite features warn
-        (:func:`warn_if_not_finite`)."""
+        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``. The first inference forward after each
+        switch to eval mode warns if the features are not finite (:func:`warn_if_not_finite`)."""
         x = self.stages(self.stem(x))
-        return x if self.training else warn_if_not_finite(x)
+        if not self.training and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            self._check_features_once(x)
+        return x
+
+    def train(self, mode: bool = True):
+        self._features_checked = False      # new statistics (update_bn, a resume) or a new evaluation: test again
+        return super().train(mode)
+
+    @torch.jit.unused
+    def _check_features_once(self, x: torch.Tensor) -> None:
+        """One device read per evaluation, none while tracing, compiling or on the meta device (shape checks)."""
+        if (getattr(self, "_features_checked", False) or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
+                or x.is_meta):
+            return
+        self._features_checked = True
+        warn_if_not_finite(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(N, C, h, w)`` -> pooled ``(N, C)`` if ``pre_logits`` else logits ``(N, num_classes)``."""
@@ -610,6 +634,8 @@ class SANConfig(PreTrainedConfig):
         implementation (`str`, defaults to `"fast"`): `"fast"` tap-loop operators or `"reference"` pad+unfold.
         global_pool (`str`, defaults to `"avg"`): timm pooling type before the classifier.
         drop_rate (`float`, defaults to 0.0): dropout before the classifier.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the residual branches (rising linearly over
+            the blocks, as timm's); 0 is the official model.
     """
 
     model_type = "san"
@@ -617,7 +643,7 @@ class SANConfig(PreTrainedConfig):
     def __init__(self, sa_type="patchwise", relation=None, layers=(2, 1, 2, 4, 1), kernels=(3, 7, 7, 7, 7),
                  widths=(64, 256, 512, 1024, 2048), stem_width=64, num_channels=3, rel_reduction=16,
                  mid_reduction=4, share_planes=8, pad_mode="reflect", implementation="fast", global_pool="avg",
-                 drop_rate=0.0, pretrained_cfg=None, **kwargs):
+                 drop_rate=0.0, drop_path_rate=0.0, pretrained_cfg=None, **kwargs):
         for derived in TIMM_DERIVED_KEYS:  # written by to_dict from the fields below; never read back
             kwargs.pop(derived, None)
         if pretrained_cfg is not None and not isinstance(pretrained_cfg, dict):
@@ -626,13 +652,14 @@ class SANConfig(PreTrainedConfig):
         self.pretrained_cfg = pretrained_cfg
         layers, kernels, widths = check_san_args(sa_type, relation, layers, kernels, widths, stem_width, num_channels,
                                                  rel_reduction, mid_reduction, share_planes, pad_mode,
-                                                 implementation, global_pool, drop_rate, channels_name="num_channels")
+                                                 implementation, global_pool, drop_rate, drop_path_rate,
+                                                 channels_name="num_channels")
         self.sa_type, self.relation = sa_type, relation
         self.layers, self.kernels, self.widths = layers, kernels, widths
         self.stem_width, self.num_channels = stem_width, num_channels
         self.rel_reduction, self.mid_reduction, self.share_planes = rel_reduction, mid_reduction, share_planes
         self.pad_mode, self.implementation = pad_mode, implementation
-        self.global_pool, self.drop_rate = global_pool, drop_rate
+        self.global_pool, self.drop_rate, self.drop_path_rate = global_pool, drop_rate, drop_path_rate
         super().__init__(**kwargs)
 
     def to_dict(self) -> dict:
@@ -676,7 +703,8 @@ class SANConfig(PreTrainedConfig):
                     widths=self.widths, stem_width=self.stem_width, in_chans=self.num_channels,
                     rel_reduction=self.rel_reduction, mid_reduction=self.mid_reduction,
                     share_planes=self.share_planes, pad_mode=self.pad_mode, implementation=self.implementation,
-                    global_pool=self.global_pool, drop_rate=self.drop_rate)
+                    global_pool=self.global_pool, drop_rate=self.drop_rate,
+                    drop_path_rate=getattr(self, "drop_path_rate", 0.0))
 
     @classmethod
     def from_timm(cls, model: SAN, **kwargs) -> "SANConfig":

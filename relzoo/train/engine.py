@@ -20,7 +20,8 @@ import torch
 from ..fileio import write_json_atomic
 from .checkpoints import CheckpointManager
 
-__all__ = ["MAX_IMAGE_SIZE", "NOT_TRAINING_ARGUMENTS", "BadArgumentError", "argument_check", "check_image_size", "TrainState", "TrainingDivergedError", "TrainingEngine", "average_buffers", "make_accelerator",
+__all__ = ["MAX_IMAGE_SIZE", "NOT_TRAINING_ARGUMENTS", "BadArgumentError", "TrainState", "TrainingDivergedError",
+           "TrainingEngine", "argument_check", "average_buffers", "check_image_size", "make_accelerator",
            "replicas_in_sync", "report_skipped", "run_identity", "write_json_atomic"]
 
 
