@@ -30,15 +30,15 @@ fashion-mnist:
 	fi
 
 demo: install fashion-mnist
-	$(PY) scripts/train_fewshot.py --output_dir outputs/demo --attention_maps 3
+	$(PY) scripts/train_fewshot.py --output_dir outputs/demo --attention_maps 3 --overwrite   # a rerun replaces it
 
 demo-san: install fashion-mnist
-	$(PY) scripts/train_classifier.py --dataset fashion_mnist --output_dir outputs/demo-san
+	$(PY) scripts/train_classifier.py --dataset fashion_mnist --output_dir outputs/demo-san --overwrite
 
 # HSNet on the built-in composites: resnet18 pretrained on the training classes' canvases (stage 0), then frozen
 demo-hsnet: install fashion-mnist
 	$(PY) scripts/finetune_hsnet.py --backbone resnet18 --pretrain_backbone_steps 1500 --max_steps 1000 \
-	  --checkpoint_every 500 --pictures 4 --output_dir outputs/demo-hsnet
+	  --checkpoint_every 500 --pictures 4 --output_dir outputs/demo-hsnet --overwrite
 
 fewshot-table: install fashion-mnist
 	$(PY) scripts/fewshot_table.py --output_dir outputs/fewshot_table

@@ -224,3 +224,48 @@ def test_fewshot_table_runs_folds_and_seeds_and_keeps_finished_runs(tmp_path, fa
     capsys.readouterr()
     assert fewshot_table.main(argv) == table                            # nothing rerun
     assert capsys.readouterr().out.count("kept from") == 8
+
+
+def test_attention_report_agrees_with_the_trainers_evaluation_and_measures_what_it_says(tmp_path, fashion_like,
+                                                                                       monkeypatch, capsys):
+    """scripts/fewshot_attention.py: its CTX accuracy is the trainer's evaluation of the same episodes; the attention
+    statistics are those of uniform weights (largest 1/(K·P), entropy 1, top shot 1/K) and of one-hot weights."""
+    from accelerate import Accelerator
+
+    from relzoo import CrossTransformerConfig, CrossTransformerForFewShotClassification
+    from relzoo.train.fewshot import _pool, embed_pool, evaluate_episodes, load_split
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import fewshot_attention
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    uniform = torch.full((2, 4, 6, 5), 1 / 15)
+    stats = fewshot_attention.attention_statistics(uniform, labels, torch.tensor([0, 1]))
+    assert stats["count"] == 8
+    assert abs(stats["largest"] / 8 - 1 / 15) < 1e-6 and abs(stats["entropy"] / 8 - 1) < 1e-6
+    assert abs(stats["top_shot"] / 8 - 1 / 3) < 1e-6
+    one_hot = torch.zeros(2, 4, 6, 5)
+    one_hot[:, :, 1, 2] = one_hot[:, :, 4, 0] = 1
+    stats = fewshot_attention.attention_statistics(one_hot, labels, torch.tensor([0, 1]))
+    assert stats["largest"] == stats["top_shot"] == 8 and abs(stats["entropy"]) < 1e-6
+
+    monkeypatch.setenv("RELZOO_FASHION_MNIST_DIR", str(fashion_like))
+    torch.manual_seed(0)
+    model = CrossTransformerForFewShotClassification(CrossTransformerConfig(
+        backbone="test_resnet", backbone_kwargs={"output_stride": 8})).eval()
+    model.save_pretrained(tmp_path / "m")
+    rows = fewshot_attention.main([str(tmp_path / "m"), "--eval_set", "fashion_mnist:test:1,3,5,7,9", "--shots",
+                                   "1,2", "--episodes", "4", "--queries", "2", "--image_size", "32", "--pool_per_class", "20",
+                                   "--json", str(tmp_path / "r.json")])
+    assert [r["shot"] for r in rows] == [1, 2] and rows[0]["top_shot_share"] > 0.999999
+    assert 0.5 - 1e-6 <= rows[1]["top_shot_share"] <= 1 and 0 <= rows[1]["normalised_entropy"] <= 1
+    ds = load_split("fashion_mnist", "test")
+    pool, _ = _pool(ds, [1, 3, 5, 7, 9], 20, 0)
+    features, _ = embed_pool(model, ds, pool, 32, Accelerator(cpu=True))
+    labels = [int(x) for x in ds.select(pool.tolist())["label"]]
+    for r in rows:
+        expected = evaluate_episodes(model, features, labels, 5, r["shot"], 2, 4, 1, Accelerator(cpu=True))
+        assert abs(r["ctx_accuracy"] - expected["accuracy"]) < 1e-9
+    assert "| 2 |" in capsys.readouterr().out and json.loads((tmp_path / "r.json").read_text())["rows"] == rows
