@@ -8,7 +8,6 @@ returns ``logits``.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -25,7 +24,9 @@ def load_classifier(source: str, pretrained: bool = True, **kwargs) -> nn.Module
     ``local-dir:``)."""
     import timm
 
-    import relzoo
+    import relzoo  # noqa: F401  (registers the families)
+
+    from .registry import families, find_family
 
     path = Path(source)
     if path.is_dir():
@@ -34,26 +35,16 @@ def load_classifier(source: str, pretrained: bool = True, **kwargs) -> nn.Module
             raise ValueError(f"`model` {source!r} is a folder without config.json")
         config = json.loads(config_path.read_text())
         model_type = config.get("model_type")
-        classes = {"san": relzoo.SANForImageClassification, "batchformer": relzoo.BatchFormerForImageClassification,
-                   "apinet": relzoo.APINetForImageClassification}
-        if model_type in classes and "architecture" not in config:  # a transformers folder (timm's have one)
-            return classes[model_type].from_pretrained(path).to_timm()
-        if model_type not in (None, "san"):
+        family = find_family(model_type)
+        if (family is not None and family.task == "image-classification" and "architecture" not in config
+                and hasattr(family.model_class, "to_timm")):   # a transformers folder (timm's have "architecture")
+            return family.model_class.from_pretrained(path).to_timm()
+        if model_type is not None and (family is None or family.timm_class is None):
+            classifiers = [f.name for f in families() if f.task == "image-classification"]
             raise ValueError(f"`model` {source!r} is a {model_type!r} folder: ONNX export covers the classifiers "
-                             f"(SAN, BatchFormer, API-Net and timm models)")
+                             f"({', '.join(classifiers)} and timm models)")
         return timm.create_model(f"local-dir:{path}", pretrained=pretrained, **kwargs)
     return timm.create_model(source, pretrained=pretrained, **kwargs)
-
-
-def _onnx_ready(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode whose SAN layers run the reference (standard-operator) implementation."""
-    from .layers.san import SelfAttention2d
-
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, SelfAttention2d):
-            module.implementation = "reference"
-    return model
 
 
 def _input_shape(model: nn.Module, image_size: int | None) -> tuple[int, int, int]:
@@ -75,7 +66,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | 
         raise ValueError(f"`exporter` must be 'dynamo' or 'torchscript', got {exporter!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ready = _onnx_ready(model)
+    # SAN's layers switch to their standard-operator reference inside an export themselves (layers/san.py)
+    was_training = model.training
+    ready = model.eval()
     shape = _input_shape(model, image_size)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -91,6 +84,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int | 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        model.train(was_training)
     return path
 
 

@@ -20,29 +20,21 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.repocard_data import EvalResult
 
+from .cards import NO_WEIGHTS_MARK, WEIGHT_STATUSES, variant_card
 from .checksums import sha256_file
+from .registry import family_names, get_family
 
 __all__ = ["list_models", "variant_names", "load_variant", "build_variant", "export_variant", "variant_card",
            "WEIGHT_STATUSES", "NO_WEIGHTS_MARK"]
 
-WEIGHT_STATUSES = ("converted", "trained", "none")
-#: written into the card of a folder without weights; :func:`relzoo.hub.push_to_hub` refuses folders carrying it
-NO_WEIGHTS_MARK = "relzoo-weights: none"
 REQUIRED = ("variant", "repo_id", "family", "transformers_class", "timm_architecture", "config", "preprocessing",
             "class_names", "params", "weights", "card")
 CARD_REQUIRED = ("paper", "code", "license", "license_note", "datasets", "summary", "intended_use", "reported")
-FAMILIES = ("san", "crosstransformer", "protonet", "hsnet", "batchformer", "apinet")
-#: the families whose published artefact is the plain timm network (the plug-in acts in training only)
-PLUGIN_FAMILIES = ("batchformer", "apinet")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -76,8 +68,10 @@ def load_variant(name_or_path: str | os.PathLike) -> dict:
                                                         if k not in spec.get("card", {})]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}")
-    if spec["family"] not in FAMILIES:
-        raise ValueError(f"{where}: `family` must be one of {FAMILIES}, got {spec['family']!r}")
+    import relzoo  # noqa: F401  (registers the families)
+
+    if spec["family"] not in family_names():
+        raise ValueError(f"{where}: `family` must be one of {family_names()}, got {spec['family']!r}")
     if spec["config"].get("model_type") != spec["family"]:
         raise ValueError(f"{where}: config.model_type {spec['config'].get('model_type')!r} is not the family "
                          f"{spec['family']!r}")
@@ -129,9 +123,20 @@ def _config(spec: dict):
 
 
 def _model_class(spec: dict):
+    """The variant's transformers class: its family's model class, or another class of the family's module."""
+    import sys
+
     import relzoo
 
-    return getattr(relzoo, spec["transformers_class"])
+    family = get_family(spec["family"])
+    name = spec["transformers_class"]
+    if family.model_class.__name__ == name:
+        return family.model_class
+    found = getattr(sys.modules[family.model_class.__module__], name, None) or getattr(relzoo, name, None)
+    if found is None:
+        raise ValueError(f"`transformers_class` {name!r} is not a class of the {family.name} family "
+                         f"({family.model_class.__module__})")
+    return found
 
 
 def build_variant(spec: dict):
@@ -142,9 +147,6 @@ def build_variant(spec: dict):
 # ----------------------------------------------------------------------------------------------------------------
 # weights
 # ----------------------------------------------------------------------------------------------------------------
-PLUGIN_PREFIXES = ("batchformer.", "apinet.")
-
-
 def _check_shapes(spec: dict, expected: dict, found: dict, where) -> None:
     """Refuse weights whose tensors (names and shapes) are not the variant's, naming the first that differ."""
     expected = {k: tuple(v.shape) for k, v in expected.items()}
@@ -158,9 +160,10 @@ def _check_shapes(spec: dict, expected: dict, found: dict, where) -> None:
 
 def _same_architecture(spec: dict, model, where) -> None:
     """The whole model against the variant's; for plug-in families only the published part (the plain network)."""
+    prefixes = get_family(spec["family"]).plugin_prefixes
+
     def published(state: dict) -> dict:
-        return {k: v for k, v in state.items() if not k.removeprefix("classifier.").startswith(PLUGIN_PREFIXES)
-                or spec["family"] not in PLUGIN_FAMILIES}
+        return {k: v for k, v in state.items() if not (prefixes and k.removeprefix("classifier.").startswith(prefixes))}
 
     _check_shapes(spec, published(build_variant(spec).state_dict()), published(model.state_dict()), where)
 
@@ -173,7 +176,8 @@ def _load_trained_folder(spec: dict, folder: Path):
         raise ValueError(f"`weights` {str(folder)!r} is a folder without config.json: pass a relzoo model folder "
                          "(OUTPUT_DIR/model of a training run) or an official checkpoint file")
     config = json.loads(config_path.read_text())
-    if spec["family"] in PLUGIN_FAMILIES and config.get("model_type") is None and "architecture" in config:
+    family = get_family(spec["family"])
+    if family.plugin and config.get("model_type") is None and "architecture" in config:
         import timm
 
         if config["architecture"] != spec["timm_architecture"]:
@@ -182,7 +186,7 @@ def _load_trained_folder(spec: dict, folder: Path):
         plain = timm.create_model(f"local-dir:{folder}", pretrained=True)
         model = build_variant(spec)
         expected = model.classifier.state_dict()
-        plugin = {k: v for k, v in expected.items() if k.startswith(PLUGIN_PREFIXES)}  # stays as initialised
+        plugin = {k: v for k, v in expected.items() if k.startswith(family.plugin_prefixes)}  # stays as initialised
         _check_shapes(spec, {k: v for k, v in expected.items() if k not in plugin}, plain.state_dict(), folder)
         model.classifier.load_state_dict({**plain.state_dict(), **plugin}, strict=True)
         return model
@@ -225,9 +229,10 @@ def _measured(folder: Path) -> tuple[dict | None, list[dict]]:
 def _command(spec: dict, arguments: dict | None) -> str | None:
     if not arguments:
         return None
-    script = {"crosstransformer": "train_fewshot.py", "protonet": "train_fewshot.py", "hsnet": "finetune_hsnet.py"}.get(
-        spec["family"], "train_classifier.py")
-    parts = [f"python scripts/{script}"]
+    script = get_family(spec["family"]).train_script
+    if script is None:
+        return None
+    parts = [f"python {script}"]
     for key, value in sorted(arguments.items()):  # every argument, booleans too (`--hflip False`): exact
         if value is not None:
             parts.append(f"--{key} {shlex.quote(str(value))}")
@@ -249,20 +254,11 @@ def load_variant_weights(spec: dict, weights: str | os.PathLike | None) -> tuple
     if not path.is_file():
         raise FileNotFoundError(f"`weights` {str(path)!r} does not exist (an official checkpoint file or a relzoo "
                                 "model folder)")
-    family = spec["family"]
-    if not spec["weights"].get("convert"):
+    converter = get_family(spec["family"]).converter
+    if not spec["weights"].get("convert") or converter is None:
         raise ValueError(f"{spec['variant']} has no converter for official checkpoint files "
                          f"({spec['weights'].get('official')}); pass a relzoo model folder (OUTPUT_DIR/model)")
-    from .hub import convert_official_hsnet, convert_official_san
-
-    with tempfile.TemporaryDirectory(prefix="relzoo-convert-") as tmp:
-        out = Path(tmp) / "converted"
-        if family == "san":
-            convert_official_san(path, spec["timm_architecture"], out)
-        else:
-            convert_official_hsnet(path, spec["config"]["backbone"], out,
-                                   use_support_mask=spec["config"].get("use_support_mask", True))
-        model = _model_class(spec).from_pretrained(out)
+    model = converter.from_variant(spec, path)
     _same_architecture(spec, model, str(path))
     return model, "converted", {"source": path.name, "sha256": sha256_file(path), "convert": spec["weights"]["convert"]}
 
@@ -270,28 +266,6 @@ def load_variant_weights(spec: dict, weights: str | os.PathLike | None) -> tuple
 # ----------------------------------------------------------------------------------------------------------------
 # folder and card
 # ----------------------------------------------------------------------------------------------------------------
-def _write_files(spec: dict, model, tmp: Path, model_id: str) -> None:
-    """The weights, config, preprocessing and remote code of the family (the card is written after)."""
-    from .hub import save_fewshot_folder, save_hub_folder, write_hsnet_files
-
-    pre = spec["preprocessing"]
-    family = spec["family"]
-    inner = tmp / "_files"
-    if family == "san" or family in PLUGIN_FAMILIES:
-        save_hub_folder(model.to_timm().eval(), inner, class_names=class_names_of(spec),
-                        image_size=pre["input_size"][-1], crop_pct=pre["crop_pct"], mean=pre["mean"], std=pre["std"],
-                        model_id=model_id)
-    elif family in ("crosstransformer", "protonet"):
-        save_fewshot_folder(model, inner, image_size=pre["input_size"][-1], model_id=model_id)
-    else:  # hsnet
-        inner.mkdir()
-        write_hsnet_files(inner, model, pre["input_size"][-1], pre["mean"], pre["std"])
-    for item in inner.iterdir():
-        if item.name != "README.md":
-            os.replace(item, tmp / item.name)
-    shutil.rmtree(inner)
-
-
 def export_variant(variant: str | dict, folder: str | os.PathLike, weights: str | os.PathLike | None = None, *,
                    repo_id: str | None = None, overwrite: bool = False) -> Path:
     """Write the Hub folder of ``variant`` (a name of :func:`variant_names` or a loaded spec) with ``weights``
@@ -305,124 +279,7 @@ def export_variant(variant: str | dict, folder: str | os.PathLike, weights: str 
     model, status, provenance = load_variant_weights(spec, weights)
     model.eval()
     with atomic_folder(folder, overwrite=overwrite, inputs=(weights,)) as tmp:
-        _write_files(spec, model, tmp, model_id)
+        get_family(spec["family"]).hub_module().write_files(
+            model, tmp, class_names=class_names_of(spec), preprocessing=spec["preprocessing"], model_id=model_id)
         variant_card(spec, status, provenance, model_id=model_id).save(tmp / "README.md")
     return Path(folder)
-
-
-def _usage(spec: dict, model_id: str) -> list[str]:
-    family = spec["family"]
-    if family in PLUGIN_FAMILIES:
-        return ["A plain timm model: neither relzoo nor remote code is needed.", "", "```python",
-                "import timm", f'model = timm.create_model("hf-hub:{model_id}", pretrained=True).eval()',
-                "from transformers import AutoModelForImageClassification, pipeline",
-                f'model = AutoModelForImageClassification.from_pretrained("{model_id}")   # transformers TimmWrapper',
-                f'print(pipeline("image-classification", model="{model_id}")("image.png"))', "```", "",
-                f"To train another one the same way: `relzoo.{'add_batchformer' if family == 'batchformer' else 'add_apinet'}"
-                f"(timm_model)` or `scripts/train_classifier.py --plugin {family if family == 'apinet' else 'batchformer'}`."]
-    if family == "san":
-        return ["```python", "import relzoo, timm   # importing relzoo registers SAN with timm and transformers",
-                f'model = timm.create_model("hf-hub:{model_id}", pretrained=True).eval()',
-                "from transformers import AutoModelForImageClassification, pipeline",
-                f'model = AutoModelForImageClassification.from_pretrained("{model_id}")',
-                f'print(pipeline("image-classification", model="{model_id}")("image.png"))', "```", "",
-                "Without relzoo installed, the modeling code stored in this repo (relzoo's own, needing torch, timm "
-                "and transformers) runs with `trust_remote_code=True`:", "", "```python",
-                "from transformers import AutoModelForImageClassification",
-                f'model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True)', "```"]
-    if family in ("crosstransformer", "protonet"):
-        auto = "AutoModelForFewShotClassification"
-        call = ["model.set_support(support_pixel_values, support_labels)   # (S, 3, H, W), labels 0..N-1",
-                "logits = model(query_pixel_values=queries).logits          # (Q, N)"]
-    else:
-        auto = "AutoModelForFewShotSegmentation"
-        call = ["out = model(query_pixel_values=q, support_pixel_values=s, support_masks=m)   # 400x400, ImageNet norm",
-                "mask = out.predicted_mask"]
-    return ["```python", "import relzoo   # registers the architecture with transformers",
-            f'model = relzoo.{auto}.from_pretrained("{model_id}").eval()', *call, "```", "",
-            "Without relzoo installed (the modeling code in this repo, needing torch, timm, transformers and einops: "
-            "`pip install timm transformers einops`):", "",
-            "```python", "from transformers import AutoModel",
-            f'model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()', "```"]
-
-
-def _eval_result(spec: dict, row: dict, source_note: str) -> EvalResult:
-    task = spec["card"].get("pipeline_tag") or "image-classification"
-    metric = row["metric"]
-    return EvalResult(task_type=task, dataset_type=row.get("dataset") or "unknown",
-                      dataset_name=f"{row.get('dataset')} ({row.get('split')})",
-                      metric_type="accuracy" if "accuracy" in metric or metric.startswith("top") else metric.lower(),
-                      metric_value=float(row["value"]), metric_name=f"{metric} ({source_note})")
-
-
-def variant_card(spec: dict, status: str, provenance: dict | None = None, *, model_id: str | None = None) -> ModelCard:
-    """The model card of ``spec`` with weights of ``status`` (``converted``, ``trained``, ``none``)."""
-    if status not in WEIGHT_STATUSES:
-        raise ValueError(f"`status` must be one of {WEIGHT_STATUSES}, got {status!r}")
-    provenance = provenance or {}
-    card, weights = spec["card"], spec["weights"]
-    model_id = model_id or spec["repo_id"]
-    paper = card["paper"]
-    arxiv = f"https://arxiv.org/abs/{paper['arxiv']}"
-    family = spec["family"]
-    if status == "converted":
-        eval_results = [_eval_result(spec, r, f"reported: {r['source']}") for r in card["reported"]]
-    elif status == "trained":
-        eval_results = [_eval_result(spec, r, "measured by relzoo") for r in provenance.get("measured", [])]
-    else:
-        eval_results = []
-    data = ModelCardData(
-        license=card["license"], library_name="timm" if family in PLUGIN_FAMILIES else "transformers",
-        tags=["relzoo", family, "timm", *([] if status != "none" else ["no-weights"])],
-        datasets=card["datasets"] or None, pipeline_tag=card.get("pipeline_tag"), model_name=model_id,
-        metrics=sorted({r.metric_type for r in eval_results}) or None, eval_results=eval_results or None)
-    if card["license"] == "other":
-        data.license_name, data.license_link = "no-license-file", card["code"]
-    lines = [f"# {model_id}", "", card["summary"], "", "## Weights", ""]
-    if status == "converted":
-        lines += [f"**Converted official weights.** `{provenance.get('source')}` (sha256 `{provenance.get('sha256')}`), "
-                  f"from {weights.get('official')}, renamed strictly with `{provenance.get('convert')}`; no tensor is "
-                  "changed. The numbers below are the official ones (reported, with their source); relzoo has not "
-                  "re-evaluated these weights on the benchmark."]
-    elif status == "trained":
-        lines += ["**Trained by relzoo**, not converted official weights."]
-        if provenance.get("command"):
-            lines += ["", "Command:", "", "```bash", provenance["command"], "```"]
-        if provenance.get("measured"):
-            lines += ["", "Measured by that run:", "", "| dataset | split | metric | value (%) | evaluated on |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {r.get('dataset')} | {r.get('split')} | {r['metric']} | {r['value']:.2f}"
-                      + (f" ± {r['ci95']:.2f}" if r.get("ci95") else "") + f" | {r.get('samples')} |"
-                      for r in provenance["measured"]]
-        else:
-            lines += ["", "The run's results.json was not found beside the weights: no measured numbers are given."]
-    else:
-        lines += [f"**No weights yet.** `model.safetensors` in this folder is a random initialisation, written only "
-                  "to check the format and the loading code; relzoo refuses to upload it. "
-                  f"Official weights: {weights.get('official')}.",
-                  "", f"<!-- {NO_WEIGHTS_MARK} -->"]
-    if weights.get("convert"):
-        lines += ["", f"Converting the official checkpoint: `{weights['convert']}`."]
-    if weights.get("train"):
-        lines += ["", f"Training: `{weights['train']}`."]
-    if weights.get("publish"):
-        lines += ["", f"Publishing: `{weights['publish']}`."]
-    lines += ["", "## How to use", "", *_usage(spec, model_id), "", "## Intended use", "", card["intended_use"], ""]
-    lines += ["## Official reported results", "",
-              "For reference: numbers of the paper / official code for its own setting (not of the weights above "
-              "unless they are the converted official ones).", "",
-              "| dataset | split | metric | value | setting | source |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['split']} | {r['metric']} | {r['value']}"
-              + (f" ± {r['ci95']}" if r.get("ci95") is not None else "") + f" | {r.get('setting', '')} | {r['source']} |"
-              for r in card["reported"]]
-    facts = {"parameters (published network)": f"{spec['params']:,}"}
-    for key, label in (("trainable_params", "trainable parameters (the backbone stays frozen)"),
-                       ("training_params", "parameters while training (with the plug-in, which inference drops)")):
-        if key in spec:
-            facts[label] = f"{spec[key]:,}"
-    facts.update(card.get("facts") or {})
-    lines += ["", "## Facts", "", *[f"- {k}: {v}" for k, v in facts.items()], "",
-              "## Paper and code", "", f"{paper['authors']}, *{paper['title']}*, {paper['venue']}, "
-              f"[arXiv:{paper['arxiv']}]({arxiv}). Official code: {card['code']}. This implementation: relzoo "
-              "(its own code, checked against the official one).", "", "## License", "", card["license_note"], ""]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -576,7 +576,7 @@ def test_unsettled_batchnorm_statistics_warn_with_the_remedy():
     model.eval()
     with pytest.warns(RuntimeWarning, match="BatchNorm running statistics have not settled"), torch.no_grad():
         assert not torch.isfinite(model(images)).all()
-    with warnings.catch_warnings():                    # one device read per evaluation, not one per batch
+    with warnings.catch_warnings():                    # one warning per evaluation, not one per batch
         warnings.simplefilter("error")
         with torch.no_grad():
             model(images)
@@ -589,6 +589,36 @@ def test_unsettled_batchnorm_statistics_warn_with_the_remedy():
         warnings.simplefilter("error")
         with torch.no_grad():
             assert torch.isfinite(model(images)).all()
+
+
+def test_unsettled_statistics_are_found_in_any_batch_and_when_finite_but_huge():
+    """timm's validate.py on a san10_patch trained 1 epoch: the first validation batch had loss 2.38, later ones
+    logits near 1e28 (finite): features are checked in every inference batch until one warns, and features far above
+    what a BatchNorm + ReLU output can be (1e6) warn as well as NaN / infinity."""
+    import warnings
+
+    from relzoo.models.san import UNSETTLED_FEATURE_LIMIT, warn_if_unsettled
+
+    assert not warn_if_unsettled(torch.full((2, 8), UNSETTLED_FEATURE_LIMIT))
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e27):
+        x = torch.zeros(2, 8)
+        x[1, 3] = bad
+        with pytest.warns(RuntimeWarning, match="have not settled"):
+            assert warn_if_unsettled(x)
+    torch.manual_seed(0)
+    model = timm.create_model("san10_patch", num_classes=3, widths=[32, 32, 64, 64, 128], stem_width=16,
+                              layers=[1, 1, 1, 1, 1], kernels=[3, 3, 3, 3, 3])
+    images = torch.randn(8, 3, 64, 64)
+    torch.optim.swa_utils.update_bn([images[:4], images[4:]], model)
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")
+        model(images)                                   # settled: silent
+        model(images)
+    first_bn = model.stages[0].blocks[0].bn1
+    first_bn.running_var.fill_(1e-12)                   # the statistics stop describing later batches
+    with pytest.warns(RuntimeWarning, match=r"reach .* \(NaN, infinite or above 1e6\)"), torch.no_grad():
+        model(images)
 
 
 def test_timm_train_py_arguments_reach_san():

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..layers.apinet import MutualVector, apinet_loss, attentive_features, check_pairable, mine_pairs
+from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch
@@ -235,12 +236,20 @@ class APINetForImageClassification(APINetPreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=states)
 
 
+APINET_PAPER = ("Zhuang, Wang and Qiao, *Learning Attentive Pairwise Interaction for Fine-Grained Classification*, "
+                "AAAI 2020 (arXiv:2002.10191)")
+
+
 def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     AutoConfig.register(APINetConfig.model_type, APINetConfig, exist_ok=True)
     AutoModel.register(APINetConfig, APINetForImageClassification, exist_ok=True)
     AutoModelForImageClassification.register(APINetConfig, APINetForImageClassification, exist_ok=True)
+    register_family(Family(name="apinet", title="API-Net (attentive pairwise interaction)", config_class=APINetConfig,
+                           model_class=APINetForImageClassification, task="image-classification", paper=APINET_PAPER,
+                           hub="relzoo.models.apinet_hub", library_name="timm", plugin=True,
+                           plugin_prefixes=("apinet.",), train_script="scripts/train_classifier.py"))
 
 
 _register_auto_classes()

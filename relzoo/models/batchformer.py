@@ -21,6 +21,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
+from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch
@@ -275,12 +276,21 @@ class BatchFormerForImageClassification(BatchFormerPreTrainedModel):
                                      hidden_states=states)
 
 
+BATCHFORMER_PAPER = ("Hou, Yu and Tao, *BatchFormer: Learning to Explore Sample Relationships for Robust Representation "
+                     "Learning*, CVPR 2022 (arXiv:2203.01522)")
+
+
 def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     AutoConfig.register(BatchFormerConfig.model_type, BatchFormerConfig, exist_ok=True)
     AutoModel.register(BatchFormerConfig, BatchFormerForImageClassification, exist_ok=True)
     AutoModelForImageClassification.register(BatchFormerConfig, BatchFormerForImageClassification, exist_ok=True)
+    register_family(Family(name="batchformer", title="BatchFormer V1 / V2 (attention across the mini-batch)",
+                           config_class=BatchFormerConfig, model_class=BatchFormerForImageClassification,
+                           task="image-classification", paper=BATCHFORMER_PAPER, hub="relzoo.models.batchformer_hub",
+                           library_name="timm", plugin=True, plugin_prefixes=("batchformer.",),
+                           train_script="scripts/train_classifier.py"))
 
 
 _register_auto_classes()

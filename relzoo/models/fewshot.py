@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..layers.crosstransformer import HEAD_INITS, CrossAttentionHead, check_support_labels, prototype_logits
+from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config, keep_initialisation
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_finite, check_image_batch
@@ -491,6 +492,11 @@ class AutoModelForFewShotClassification(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
 
 
+CTX_PAPER = ("Doersch, Gupta and Zisserman, *CrossTransformers: spatially-aware few-shot transfer*, NeurIPS 2020 "
+             "(arXiv:2007.11498)")
+PROTONET_PAPER = "Snell, Swersky and Zemel, *Prototypical Networks for Few-shot Learning*, NeurIPS 2017 (arXiv:1703.05175)"
+
+
 def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel
 
@@ -499,6 +505,14 @@ def _register_auto_classes() -> None:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, model_class, exist_ok=True)
         AutoModelForFewShotClassification.register(config_class, model_class, exist_ok=True)
+    for config_class, model_class, title, paper in (
+            (CrossTransformerConfig, CrossTransformerForFewShotClassification,
+             "CrossTransformers (spatially-aware few-shot classification)", CTX_PAPER),
+            (ProtoNetConfig, ProtoNetForFewShotClassification, "Prototypical Networks (the few-shot baseline)",
+             PROTONET_PAPER)):
+        register_family(Family(name=config_class.model_type, title=title, config_class=config_class,
+                               model_class=model_class, task="few-shot-image-classification", paper=paper,
+                               hub="relzoo.models.fewshot_hub", train_script="scripts/train_fewshot.py"))
 
 
 _register_auto_classes()

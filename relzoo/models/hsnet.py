@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features, shot_hypercorrelation
+from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config
 from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, prune_after_taps, resolve_taps
 from .hub_mixin import ChecksummedPretrainedMixin
@@ -287,12 +288,19 @@ class AutoModelForFewShotSegmentation(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
 
 
+HSNET_PAPER = "Min, Kang and Cho, *Hypercorrelation Squeeze for Few-Shot Segmentation*, ICCV 2021 (arXiv:2104.01538)"
+
+
 def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel
 
     AutoConfig.register(HSNetConfig.model_type, HSNetConfig, exist_ok=True)
     AutoModel.register(HSNetConfig, HSNetForFewShotSegmentation, exist_ok=True)
     AutoModelForFewShotSegmentation.register(HSNetConfig, HSNetForFewShotSegmentation, exist_ok=True)
+    register_family(Family(name="hsnet", title="HSNet (hypercorrelation squeeze, few-shot segmentation)",
+                           config_class=HSNetConfig, model_class=HSNetForFewShotSegmentation,
+                           task="few-shot-segmentation", paper=HSNET_PAPER, hub="relzoo.models.hsnet_hub",
+                           train_script="scripts/finetune_hsnet.py"))
 
 
 _register_auto_classes()

@@ -45,6 +45,7 @@ from ..layers.san import (
     footprint_padding,
     onnx_exporting,
 )
+from ..registry import Family, register_family
 from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch, class_names
@@ -199,19 +200,26 @@ def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor]
     return _stem_eval_op(x, conv_weight, bn, eps, band_bytes)
 
 
-def warn_if_not_finite(features: torch.Tensor) -> torch.Tensor:
-    """Inference features that hold NaN or infinity come from BatchNorm running statistics that have not settled (a
-    short training run: SAN multiplies weights and values computed from the same map, so a mismatch between running
-    and batch statistics grows block after block until it overflows). Warn with the remedy; return ``features``.
-    The test reads one value back from the device, so :class:`SAN` runs it once per switch to eval mode only."""
-    if not bool(torch.isfinite(features).all()):
-        warnings.warn(UNSETTLED_BN_WARNING, RuntimeWarning, stacklevel=4)
-    return features
+#: inference features (after each stage's BatchNorm + ReLU, so O(1-100) in a healthy model) above this mean the
+#: running statistics do not describe the activations (4e4 -> 8e7 -> 2e14 -> 1e27, stage after stage, measured)
+UNSETTLED_FEATURE_LIMIT = 1e6
+
+
+def warn_if_unsettled(features: torch.Tensor) -> bool:
+    """Inference features that hold NaN or infinity, or exceed :data:`UNSETTLED_FEATURE_LIMIT`, come from BatchNorm
+    running statistics that have not settled (a short training run: SAN multiplies weights and values computed
+    from the same map, so a mismatch between running and batch statistics grows block after block until it
+    overflows). Warn with the remedy; returns whether it warned. Reads one value back from the device."""
+    largest = features.detach().abs().amax()
+    if not bool(largest <= UNSETTLED_FEATURE_LIMIT):          # NaN compares False too
+        warnings.warn(UNSETTLED_BN_WARNING.format(largest=float(largest)), RuntimeWarning, stacklevel=4)
+        return True
+    return False
 
 
 UNSETTLED_BN_WARNING = (
-    "SAN's inference features hold NaN or infinite values: the BatchNorm running statistics have not settled (a short "
-    "or high learning-rate run; training-mode outputs stay finite). Re-estimate them on a few training batches "
+    "SAN's inference features reach {largest:.3g} (NaN, infinite or above 1e6): the BatchNorm running statistics "
+    "have not settled (a short or high learning-rate run; training-mode outputs stay small). Re-estimate them on a few training batches "
     "before evaluating: torch.optim.swa_utils.update_bn(train_loader, model), or relzoo's trainer "
     "--recalibrate_bn_batches (see the README, 'Short runs and BatchNorm')")
 
@@ -423,25 +431,25 @@ class SAN(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``. The first inference forward after each
-        switch to eval mode warns if the features are not finite (:func:`warn_if_not_finite`)."""
+        """``(N, in_chans, H, W)`` -> ``(N, widths[-1], H/32, W/32)``. In eval mode, every batch's features are
+        checked (:func:`warn_if_unsettled`) until one warns; then none until the next switch to eval."""
         x = self.stages(self.stem(x))
         if not self.training and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-            self._check_features_once(x)
+            self._check_features(x)
         return x
 
     def train(self, mode: bool = True):
-        self._features_checked = False      # new statistics (update_bn, a resume) or a new evaluation: test again
+        self._features_warned = False       # new statistics (update_bn, a resume) or a new evaluation: test again
         return super().train(mode)
 
     @torch.jit.unused
-    def _check_features_once(self, x: torch.Tensor) -> None:
-        """One device read per evaluation, none while tracing, compiling or on the meta device (shape checks)."""
-        if (getattr(self, "_features_checked", False) or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
+    def _check_features(self, x: torch.Tensor) -> None:
+        """One value read back per inference batch (a max over the features: negligible against SAN's forward), none
+        after a warning of this evaluation, while tracing or compiling, or on the meta device (shape checks)."""
+        if (getattr(self, "_features_warned", False) or isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
                 or x.is_meta):
             return
-        self._features_checked = True
-        warn_if_not_finite(x)
+        self._features_warned = warn_if_unsettled(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(N, C, h, w)`` -> pooled ``(N, C)`` if ``pre_logits`` else logits ``(N, num_classes)``."""
@@ -823,12 +831,19 @@ def san_image_processor(image_size: int = 224, crop_pct: float = 0.875, mean=IMA
                                   image_std=list(std), resample=2)
 
 
+SAN_PAPER = "Zhao, Jia and Koltun, *Exploring Self-attention for Image Recognition*, CVPR 2020 (arXiv:2004.13621)"
+
+
 def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
     AutoConfig.register(SANConfig.model_type, SANConfig, exist_ok=True)
     AutoModel.register(SANConfig, SANModel, exist_ok=True)
     AutoModelForImageClassification.register(SANConfig, SANForImageClassification, exist_ok=True)
+    register_family(Family(name="san", title="SAN (pairwise / patchwise self-attention networks)",
+                           config_class=SANConfig, model_class=SANForImageClassification, task="image-classification",
+                           paper=SAN_PAPER, hub="relzoo.models.san_hub", timm_class=SAN,
+                           train_script="scripts/train_classifier.py"))
 
 
 _register_auto_classes()

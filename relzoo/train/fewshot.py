@@ -449,7 +449,7 @@ def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
         summary["attention_maps"] = [str(p) for p in write_attention_maps(net, args, out_dir / "attention")]
     if accelerator.is_main_process:
         if args.save_model:
-            from ..hub import save_fewshot_folder
+            from ..models.fewshot_hub import save_fewshot_folder
 
             folder = save_fewshot_folder(net, out_dir / "model", image_size=args.image_size, results=results,
                                          overwrite=True,   # the run owns output_dir (see run_folder)

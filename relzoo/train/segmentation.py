@@ -261,7 +261,7 @@ def load_backbone_weights(model, path: str) -> dict:
     and its keys are left out when present (HSNet never runs it and holds none: ``pruned_backbone_modules``); any
     other missing, unexpected or mis-shaped key raises a ``ValueError`` naming it. Returns ``{"loaded": n,
     "missing_classifier": [...], "unused_classifier": [...]}``."""
-    from ..hub import load_checkpoint_safely
+    from ..fileio import load_checkpoint_safely
 
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -343,7 +343,8 @@ def write_hsnet_folder(folder: Path, model, args: SegmentationTrainingArguments,
     card with the measured mIoU / FB-IoU and the exact arguments."""
     from huggingface_hub.repocard_data import EvalResult
 
-    from ..hub import HSNET_PAPER, trained_card, write_hsnet_files
+    from ..cards import trained_card
+    from ..models.hsnet_hub import HSNET_PAPER, write_hsnet_files
 
     write_hsnet_files(folder, model, args.image_size, *image_statistics(args))
     eval_results, table = [], ["## Results (unseen classes of the fold)", "",
