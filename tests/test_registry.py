@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import relzoo
+import relzoo  # noqa: F401  (registers the families)
 from relzoo.registry import families, family_of, get_family, unregister_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,3 +206,32 @@ def test_family_agnostic_modules_name_no_family(module):
     found = _code_names(ROOT / module)
     named = sorted(found & (names | classes) | {n for n in found if n.rsplit(".", 1)[-1] in modules})
     assert not named, f"{module} names families: {named}"
+
+
+def test_layers_import_without_timm_or_transformers():
+    """DESIGN: relzoo.layers is plain torch. With timm and transformers unimportable, the operators import and run;
+    the rest of relzoo says what is missing instead of failing at `import relzoo.layers`."""
+    import subprocess
+
+    code = textwrap.dedent('''
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("timm", "transformers"):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Block())
+        import torch
+        import relzoo.layers as layers
+        sa = layers.SelfAttention2d("patchwise", 16, 4, 8, 8, 3).eval()
+        assert sa(torch.randn(2, 16, 8, 8)).shape == (2, 8, 8, 8)
+        head = layers.CrossAttentionHead(16, 8, 8)
+        assert not any(m.split(".")[0] in ("timm", "transformers") for m in sys.modules)
+        import relzoo
+        try:
+            relzoo.SANConfig
+        except ImportError as err:
+            print(err)
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "relzoo.SANConfig needs" in out.stdout and "only relzoo.layers works without it" in out.stdout

@@ -574,7 +574,7 @@ def test_unsettled_batchnorm_statistics_warn_with_the_remedy():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_var.fill_(1e-12)
     model.eval()
-    with pytest.warns(RuntimeWarning, match="BatchNorm running statistics have not settled"), torch.no_grad():
+    with pytest.warns(RuntimeWarning, match="BatchNorm running statistics do not describe these activations"), torch.no_grad():
         assert not torch.isfinite(model(images)).all()
     with warnings.catch_warnings():                    # one warning per evaluation, not one per batch
         warnings.simplefilter("error")
@@ -603,7 +603,7 @@ def test_unsettled_statistics_are_found_in_any_batch_and_when_finite_but_huge():
     for bad in (float("nan"), float("inf"), -float("inf"), 1e27):
         x = torch.zeros(2, 8)
         x[1, 3] = bad
-        with pytest.warns(RuntimeWarning, match="have not settled"):
+        with pytest.warns(RuntimeWarning, match="do not describe these activations"):
             assert warn_if_unsettled(x)
     torch.manual_seed(0)
     model = timm.create_model("san10_patch", num_classes=3, widths=[32, 32, 64, 64, 128], stem_width=16,

@@ -219,9 +219,10 @@ def warn_if_unsettled(features: torch.Tensor) -> bool:
 
 UNSETTLED_BN_WARNING = (
     "SAN's inference features reach {largest:.3g} (NaN, infinite or above 1e6): the BatchNorm running statistics "
-    "have not settled (a short or high learning-rate run; training-mode outputs stay small). Re-estimate them on a few training batches "
-    "before evaluating: torch.optim.swa_utils.update_bn(train_loader, model), or relzoo's trainer "
-    "--recalibrate_bn_batches (see the README, 'Short runs and BatchNorm')")
+    "do not describe these activations (a short or high learning-rate run; training-mode outputs stay small). "
+    "Re-estimate them on training batches before evaluating: torch.optim.swa_utils.update_bn(train_loader, model), "
+    "relzoo's scripts/recalibrate_bn.py for a timm train.py checkpoint, or relzoo's trainer --recalibrate_bn_batches; "
+    "if it persists the model needs more training (see the README, 'Short runs and BatchNorm')")
 
 
 for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval"):  # torch.fx leaf functions
