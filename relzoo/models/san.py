@@ -18,7 +18,6 @@ The transformers classes hold the same modules under ``san.`` (``SANModel`` is t
 head ``classifier`` instead of ``fc``. ``checkpoint_filter_fn`` accepts all three layouts.
 """
 import os
-import re
 import warnings
 
 import torch
@@ -49,6 +48,7 @@ from ..registry import Family, register_family
 from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch, class_names
+from .san_keys import checkpoint_filter_fn, official_to_timm_key, timm_to_official_key  # noqa: F401
 
 __all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
@@ -210,6 +210,8 @@ def warn_if_unsettled(features: torch.Tensor) -> bool:
     running statistics that have not settled (a short training run: SAN multiplies weights and values computed
     from the same map, so a mismatch between running and batch statistics grows block after block until it
     overflows). Warn with the remedy; returns whether it warned. Reads one value back from the device."""
+    if features.numel() == 0:                                 # an empty batch: nothing to check
+        return False
     largest = features.detach().abs().amax()
     if not bool(largest <= UNSETTLED_FEATURE_LIMIT):          # NaN compares False too
         warnings.warn(UNSETTLED_BN_WARNING.format(largest=float(largest)), RuntimeWarning, stacklevel=4)
@@ -461,65 +463,6 @@ class SAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoint layouts
-# ----------------------------------------------------------------------------------------------------------------
-# official prefix <-> relzoo timm prefix; `{s}` is the stage index, `{b}` the block index
-_KEY_PREFIXES = [("conv_in.", "stem.conv."), ("bn_in.", "stem.bn."), ("layer{s}.{b}.", "stages.{s}.blocks.{b}."),
-                 ("conv{s}.", "stages.{s}.conv."), ("bn{s}.", "stages.{s}.norm.")]
-
-
-def _prefix_rules(to_timm: bool) -> list:
-    rules = []
-    for official, timm_name in _KEY_PREFIXES:
-        src, dst = (official, timm_name) if to_timm else (timm_name, official)
-        pattern = "^" + re.escape(src).replace(r"\{s\}", r"(?P<s>\d+)").replace(r"\{b\}", r"(?P<b>\d+)")
-        rules.append((re.compile(pattern), dst.replace("{s}", r"\g<s>").replace("{b}", r"\g<b>")))
-    return rules
-
-
-_TO_TIMM, _TO_OFFICIAL = _prefix_rules(True), _prefix_rules(False)
-
-
-def _rename(key: str, rules: list) -> str:
-    for pattern, repl in rules:
-        new, n = pattern.subn(repl, key)
-        if n:
-            return new
-    return key  # fc.*
-
-
-def official_to_timm_key(key: str) -> str:
-    """Rename one key of the official SAN checkpoint (``module.`` prefix optional) to relzoo's timm layout."""
-    return _rename(key.removeprefix("module."), _TO_TIMM)
-
-
-def timm_to_official_key(key: str) -> str:
-    """Inverse of :func:`official_to_timm_key` (without the ``module.`` prefix): names a relzoo key the way the
-    official checkpoint does, for messages about official files."""
-    return _rename(key, _TO_OFFICIAL)
-
-
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict:
-    """Bring a state dict in any known layout to relzoo's timm layout.
-
-    Accepts the official container (``{"state_dict": {"module.conv_in.weight": ...}}``), a bare official state
-    dict, a transformers ``SANForImageClassification``/``SANModel`` state dict, or a timm one.
-    """
-    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-        state_dict = state_dict["state_dict"]
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("classifier."):
-            key = "fc." + key.removeprefix("classifier.")
-        elif key.startswith("san."):
-            key = key.removeprefix("san.")
-        else:
-            key = official_to_timm_key(key)
-        out[key] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
