@@ -1,7 +1,7 @@
 """The family registry: one :class:`Family` record per method, declared in the family's own model file.
 
 Everything that works on every family (the variant catalogue, Hub folders and cards, publishing, ONNX export, the
-``relzoo`` command, ``scripts/convert.py``) reads this registry and never names a family. A family
+``relzoo`` command, ``scripts/convert.py``, ``scripts/benchmark.py``) reads this registry and never names a family. A family
 declares, next to its model classes::
 
     register_family(Family(name="san", config_class=SANConfig, model_class=SANForImageClassification, ...,
@@ -55,7 +55,9 @@ class Family:
     (``plugin_prefixes``: the state-dict prefixes of the training-only part, left out of a published model).
     ``timm_class``: the family's own timm module (``timm.create_model`` builds it), whose instances are published as
     this family's transformers folder (its hub module then also defines ``write_timm_files(timm_model, folder, *,
-    class_names, preprocessing)``). ``train_script``: the script that trains it (quoted in cards)."""
+    class_names, preprocessing)``). ``train_script``: the script that trains it (quoted in cards). ``benchmark``:
+    the module of its benchmark (``scripts/benchmark.py NAME``; see :mod:`relzoo.benchmarks`), families may share
+    one."""
     name: str
     title: str
     config_class: type
@@ -68,6 +70,7 @@ class Family:
     plugin_prefixes: tuple[str, ...] = ()
     timm_class: type | None = None
     train_script: str | None = None
+    benchmark: str | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -20,7 +20,7 @@ from itertools import islice
 
 
 def _parse_kwargs():
-    from timm.utils import ParseKwargs   # timm's own parser of train.py's --model-kwargs
+    from timm.utils import ParseKwargs  # timm's own parser of train.py's --model-kwargs
 
     return ParseKwargs
 

@@ -47,7 +47,16 @@ AutoConfig.register("relzoo_toy", ToyConfig, exist_ok=True)
 AutoModel.register(ToyConfig, ToyModel, exist_ok=True)
 register_family(Family(name="relzoo_toy", title="Toy (a throwaway family)", config_class=ToyConfig,
                        model_class=ToyModel, task="image-classification", paper="Nobody, *Toys*, 2026",
-                       hub="relzoo_toy_hub", train_script="scripts/train_toy.py"))
+                       hub="relzoo_toy_hub", train_script="scripts/train_toy.py", benchmark="relzoo_toy_bench"))
+'''
+
+TOY_BENCH = '''
+NAME = "toy"
+DESCRIPTION = "the toy family against itself"
+
+
+def run(args, device, meta):
+    return {"meta": meta, "rows": [{"ratio": 1.0, "quick": args.quick}]}, "| toy | 1.0 |"
 '''
 
 TOY_HUB = '''
@@ -92,12 +101,13 @@ CONVERTER = Converter(command="toy", source="toy.pt", add_arguments=lambda p: p.
 def toy_family(tmp_path, monkeypatch):
     (tmp_path / "relzoo_toy_model.py").write_text(textwrap.dedent(TOY_MODEL))
     (tmp_path / "relzoo_toy_hub.py").write_text(textwrap.dedent(TOY_HUB))
+    (tmp_path / "relzoo_toy_bench.py").write_text(textwrap.dedent(TOY_BENCH))
     monkeypatch.syspath_prepend(str(tmp_path))
     import relzoo_toy_model
 
     yield relzoo_toy_model
     unregister_family("relzoo_toy")
-    for name in ("relzoo_toy_model", "relzoo_toy_hub"):
+    for name in ("relzoo_toy_model", "relzoo_toy_hub", "relzoo_toy_bench"):
         sys.modules.pop(name, None)
 
 
@@ -156,6 +166,16 @@ def test_a_new_family_needs_only_its_own_files(toy_family, tmp_path):
     torch.testing.assert_close(toy_family.ToyModel.from_pretrained(tmp_path / "cli").proj.bias, official["official_bias"])
 
 
+def test_benchmark_entry_point_runs_a_new_familys_benchmark(toy_family, capsys):
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    result = main(["toy", "--quick", "--device", "cpu"])
+    assert result["rows"] == [{"ratio": 1.0, "quick": True}] and "| toy | 1.0 |" in capsys.readouterr().out
+    assert {"san", "ctx", "hsnet", "plugins", "toy"} <= set(runpy.run_path(
+        str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["benchmarks"]())
+
+
 def test_cli_lists_the_registered_families(toy_family, capsys):
     from relzoo.cli import main as cli_main
 
@@ -167,7 +187,8 @@ def test_cli_lists_the_registered_families(toy_family, capsys):
 #: the modules that work on every family; none of them may name one
 FAMILY_AGNOSTIC = ["relzoo/variants.py", "relzoo/hub.py", "relzoo/cards.py", "relzoo/publish.py",
                    "relzoo/conversion.py", "relzoo/registry.py", "relzoo/onnx_export.py", "relzoo/cli.py",
-                   "scripts/convert.py", "scripts/push_to_hub.py", "scripts/export_onnx.py"]
+                   "scripts/convert.py", "scripts/push_to_hub.py", "scripts/export_onnx.py", "scripts/benchmark.py",
+                   "relzoo/benchmarks/common.py"]
 
 
 def _code_names(path: Path) -> set[str]:

@@ -7,6 +7,7 @@ from .builtin import (
                       load_fashion_mnist,
                       load_fashion_mnist_lt,
                       load_image_dataset,
+                      load_split,
                       read_idx,
                       write_idx,
 )
@@ -34,5 +35,5 @@ from .transforms import (
 __all__ = ["BUILTIN_DATASETS", "FASHION_MNIST_CLASSES", "EpisodeCollator", "EpisodeImages", "EpisodeItem",
            "EpisodeSampler", "episode_loader", "plain_episode_transform", "simclr_transform", "IMAGENET_MEAN", "IMAGENET_STD", "TransformedImageDataset",
            "UnreadableImageError", "build_transform", "class_names", "collate_images", "load_digits",
-           "load_fashion_mnist", "load_fashion_mnist_lt", "load_image_dataset", "read_idx", "read_image", "write_idx", "CompositeSegmentation",
+           "load_fashion_mnist", "load_fashion_mnist_lt", "load_image_dataset", "load_split", "read_idx", "read_image", "write_idx", "CompositeSegmentation",
            "FashionMNISTComposites", "FSS1000", "Coco20i", "Pascal5i"]

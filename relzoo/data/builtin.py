@@ -199,3 +199,13 @@ def class_names(ds) -> list[str]:
     if hasattr(feature, "names"):
         return list(feature.names)
     return [str(i) for i in range(int(max(ds["label"])) + 1)]
+
+
+def load_split(name: str, split: str):
+    """A dataset split by name or path (see :func:`load_image_dataset`); ``split="all"`` joins ``train`` and
+    ``test``."""
+    if split == "all":
+        from datasets import concatenate_datasets
+
+        return concatenate_datasets([load_image_dataset(name, "train"), load_image_dataset(name, "test")])
+    return load_image_dataset(name, split)

@@ -249,7 +249,8 @@ def _register_auto_classes() -> None:
     register_family(Family(name="apinet", title="API-Net (attentive pairwise interaction)", config_class=APINetConfig,
                            model_class=APINetForImageClassification, task="image-classification", paper=APINET_PAPER,
                            hub="relzoo.models.apinet_hub", library_name="timm", plugin=True,
-                           plugin_prefixes=("apinet.",), train_script="scripts/train_classifier.py"))
+                           plugin_prefixes=("apinet.",), train_script="scripts/train_classifier.py",
+                           benchmark="relzoo.benchmarks.plugins"))
 
 
 _register_auto_classes()

@@ -290,7 +290,8 @@ def _register_auto_classes() -> None:
                            config_class=BatchFormerConfig, model_class=BatchFormerForImageClassification,
                            task="image-classification", paper=BATCHFORMER_PAPER, hub="relzoo.models.batchformer_hub",
                            library_name="timm", plugin=True, plugin_prefixes=("batchformer.",),
-                           train_script="scripts/train_classifier.py"))
+                           train_script="scripts/train_classifier.py",
+                           benchmark="relzoo.benchmarks.plugins"))
 
 
 _register_auto_classes()

@@ -512,7 +512,8 @@ def _register_auto_classes() -> None:
              PROTONET_PAPER)):
         register_family(Family(name=config_class.model_type, title=title, config_class=config_class,
                                model_class=model_class, task="few-shot-image-classification", paper=paper,
-                               hub="relzoo.models.fewshot_hub", train_script="scripts/train_fewshot.py"))
+                               hub="relzoo.models.fewshot_hub", train_script="scripts/train_fewshot.py",
+                               benchmark="relzoo.benchmarks.crosstransformer"))
 
 
 _register_auto_classes()

@@ -300,7 +300,8 @@ def _register_auto_classes() -> None:
     register_family(Family(name="hsnet", title="HSNet (hypercorrelation squeeze, few-shot segmentation)",
                            config_class=HSNetConfig, model_class=HSNetForFewShotSegmentation,
                            task="few-shot-segmentation", paper=HSNET_PAPER, hub="relzoo.models.hsnet_hub",
-                           train_script="scripts/finetune_hsnet.py"))
+                           train_script="scripts/finetune_hsnet.py",
+                           benchmark="relzoo.benchmarks.hsnet"))
 
 
 _register_auto_classes()

@@ -787,7 +787,7 @@ def _register_auto_classes() -> None:
     register_family(Family(name="san", title="SAN (pairwise / patchwise self-attention networks)",
                            config_class=SANConfig, model_class=SANForImageClassification, task="image-classification",
                            paper=SAN_PAPER, hub="relzoo.models.san_hub", timm_class=SAN,
-                           train_script="scripts/train_classifier.py"))
+                           train_script="scripts/train_classifier.py", benchmark="relzoo.benchmarks.san"))
 
 
 _register_auto_classes()

@@ -58,9 +58,9 @@ def attention_picture(model, support_pixel_values: torch.Tensor, support_labels:
 
 def write_attention_maps(model, args, folder: Path) -> list[Path]:
     """``args.attention_maps`` pictures (queries of the first test set, a 1-shot episode of its classes)."""
+    from ..data.builtin import load_split
     from ..data.episodes import EpisodeCollator, EpisodeSampler
     from ..data.transforms import read_image
-    from .fewshot import load_split
 
     name, split, classes = args.parsed_eval_sets()[0]
     ds = load_split(name, split)

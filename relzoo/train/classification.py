@@ -17,10 +17,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from .arguments import RunArguments
 from .engine import (
     BadArgumentError,
     TrainingEngine,
@@ -43,7 +45,7 @@ NO_EFFECT_ON_WEIGHTS = ("eval_split", "eval_samples", "eval_batch_size", "recali
 
 
 @dataclass
-class ClassifierTrainingArguments:
+class ClassifierTrainingArguments(RunArguments):
     """Arguments of :func:`train_classifier` (and of ``scripts/train_classifier.py``)."""
 
     model: str = field(default="san10_pair", metadata={"help": "timm model name (relzoo's are registered)"})
@@ -79,23 +81,10 @@ class ClassifierTrainingArguments:
     label_smoothing: float = field(default=0.1, metadata={"help": "eps: target 1-eps, other classes eps/(K-1)"})
     schedule: str = field(default="cosine", metadata={
         "help": "cosine (per step over the run), cosine_epoch (official: stepped once per epoch), constant"})
-    mixed_precision: str = field(default="no", metadata={"help": "no or bf16 (autocast)"})
     grad_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing (timm models)"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace a previous run's results and checkpoints in output_dir (else such a folder is refused)"})
-    seed: int = field(default=0, metadata={"help": "seed for weights, data order and augmentation"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
-    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
     recalibrate_bn_batches: int = field(default=10, metadata={
         "help": "before evaluating, re-estimate BatchNorm statistics on this many training batches (0: off). Short "
                 "runs need it: running statistics lag the weights, and SAN's multiplicative attention amplifies that"})
-    save_model: bool = field(default=True, metadata={"help": "write the Hub-ready folder output_dir/model"})
-    stop_after_steps: int | None = field(
-        default=None, metadata={"help": "quit after this step as if killed (no eval, no final save); to test resume"})
-    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
     plugin: str = field(default="none", metadata={
         "help": "training-only relation plug-in: none, batchformer (V1, before the classifier), batchformer_v2 (after "
                 "--plugin_after), apinet (pairs within class-balanced batches). Inference and the saved model are "
@@ -115,16 +104,15 @@ class ClassifierTrainingArguments:
         "help": "long-tail report: classes with fewer training images are few-shot (default 20; fashion_mnist_lt: "
                 "240)"})
 
-    def __post_init__(self) -> None:
-        self.validate()
+    INTEGER_BOUNDS: ClassVar[dict[str, int]] = {
+        **RunArguments.INTEGER_BOUNDS, "batch_size": 1, "eval_batch_size": 1, "epochs": 1, "image_size": 1,
+        "recalibrate_bn_batches": 0, "train_samples": 1, "eval_samples": 1}
+    OPTIONAL_INTEGERS: ClassVar[dict[str, str]] = {**RunArguments.OPTIONAL_INTEGERS, "train_samples": " or None (all)",
+                                                   "eval_samples": " or None (all)"}
 
-    def validate(self) -> None:
-        """Check every argument before anything is loaded: one ``ValueError`` naming the argument, what it must be
-        and what it got."""
+    def validate_task(self) -> None:
         if self.schedule not in ("cosine_epoch", "cosine", "constant"):
             raise ValueError(f"`schedule` must be cosine_epoch, cosine or constant, got {self.schedule!r}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.plugin not in PLUGINS:
             raise ValueError(f"`plugin` must be one of {PLUGINS}, got {self.plugin!r}")
         if self.plugin_after is not None and self.plugin != "batchformer_v2":
@@ -145,17 +133,6 @@ class ClassifierTrainingArguments:
                 raise ValueError(f"`{name}` must be an int >= 0 or None (default), got {value!r}")
         if self.in_chans not in (1, 3):
             raise ValueError(f"`in_chans` must be 1 or 3, got {self.in_chans}")
-        at_least = {"batch_size": 1, "eval_batch_size": 1, "epochs": 1, "image_size": 1, "log_every": 1,
-                    "keep_checkpoints": 1, "checkpoint_every": 0, "num_workers": 0, "recalibrate_bn_batches": 0,
-                    "train_samples": 1, "eval_samples": 1, "stop_after_steps": 1}
-        optional = ("train_samples", "eval_samples", "stop_after_steps")  # None: all samples / no stop
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if value is None and name in optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}" + (" or None (all)" if "samples" in name
-                                 else "") + f", got {value!r}")
         ranges = {"label_smoothing": (0, 1, "[0, 1)"), "momentum": (0, 1, "[0, 1)"),
                   "crop_pct": (0, 1, "(0, 1]"), "crop_scale_min": (0, 1, "(0, 1]")}
         for name, (low, high, text) in ranges.items():

@@ -20,10 +20,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from ..data.builtin import load_split
 from ..metrics import mean_confidence_interval
+from .arguments import RunArguments
 from .engine import (
     BadArgumentError,
     TrainingEngine,
@@ -48,7 +51,7 @@ DEFAULT_EVAL = "fashion_mnist:test:1,3,5,7,9;digits:all:all"
 
 
 @dataclass
-class FewShotTrainingArguments:
+class FewShotTrainingArguments(RunArguments):
     """Arguments of :func:`train_fewshot` (and of ``scripts/train_fewshot.py``)."""
 
     model: str = field(default="crosstransformer", metadata={"help": "crosstransformer or protonet"})
@@ -97,44 +100,21 @@ class FewShotTrainingArguments:
     attention_maps: int = field(default=0, metadata={
         "help": "write PNG attention pictures for this many test queries (CrossTransformers only)"})
     output_dir: str = field(default="outputs/fewshot", metadata={"help": "where everything goes"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace a previous run's results and checkpoints in output_dir (else such a folder is refused)"})
-    stop_after_steps: int | None = field(default=None, metadata={
-        "help": "quit after this step as if killed (no eval, no save); to test resume"})
-    seed: int = field(default=0, metadata={"help": "seed for weights, episodes and augmentation"})
-    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
     skip_unreadable_images: bool = field(default=False, metadata={
         "help": "images that cannot be decoded (truncated, damaged) do not stop the run: in training episodes another "
                 "image of the same class stands in, test pools leave them out; they are counted and listed at the end"})
-    save_model: bool = field(default=True, metadata={"help": "write the Hub-ready folder output_dir/model"})
-    mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
-    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
 
-    def __post_init__(self) -> None:
-        self.validate()
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        **RunArguments.CHOICES, "model": MODELS, "recipe": RECIPES, "query_bn_stats": ("support", "batch"),
+        "test_bn_stats": (None, "running", "support"), "backbone_init": ("official", "timm"),
+        "head_init": ("small", "official")}
+    INTEGER_BOUNDS: ClassVar[dict[str, int]] = {
+        **RunArguments.INTEGER_BOUNDS, "image_size": 8, "n_way": 2, "n_shot": 1, "n_query": 1, "max_steps": 1,
+        "eval_way": 2, "eval_queries": 1, "eval_episodes": 1, "decay_every": 1, "attention_maps": 0,
+        "eval_pool_per_class": 1}
+    OPTIONAL_INTEGERS: ClassVar[dict[str, str]] = {**RunArguments.OPTIONAL_INTEGERS, "eval_pool_per_class": ""}
 
-    def validate(self) -> None:
-        """Check every argument before anything is loaded; one ``ValueError`` naming the argument and the value."""
-        choices = {"model": MODELS, "recipe": RECIPES, "query_bn_stats": ("support", "batch"),
-                   "test_bn_stats": (None, "running", "support"), "backbone_init": ("official", "timm"),
-                   "head_init": ("small", "official"), "mixed_precision": ("no", "bf16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}")
-        at_least = {"image_size": 8, "n_way": 2, "n_shot": 1, "n_query": 1, "max_steps": 1, "eval_way": 2,
-                    "eval_queries": 1, "eval_episodes": 1, "decay_every": 1, "log_every": 1, "keep_checkpoints": 1,
-                    "checkpoint_every": 0, "num_workers": 0, "attention_maps": 0, "eval_pool_per_class": 1,
-                    "stop_after_steps": 1}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if value is None and name in ("eval_pool_per_class", "stop_after_steps"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+    def validate_task(self) -> None:
         check_image_size(self.image_size, self.n_way * (self.n_shot + self.n_query))
         if not (isinstance(self.simclr_probability, (int, float)) and 0 <= self.simclr_probability <= 1):
             raise ValueError(f"`simclr_probability` must be in [0, 1], got {self.simclr_probability!r}")
@@ -234,17 +214,6 @@ def staircase(decay_every: int, rate: float = OFFICIAL_DECAY):
 # ----------------------------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------------------------
-def load_split(name: str, split: str):
-    """A dataset split by name; ``split="all"`` joins ``train`` and ``test``."""
-    from datasets import concatenate_datasets
-
-    from ..data import load_image_dataset
-
-    if split == "all":
-        return concatenate_datasets([load_image_dataset(name, "train"), load_image_dataset(name, "test")])
-    return load_image_dataset(name, split)
-
-
 def _pool(ds, classes, per_class: int | None, seed: int):
     """Row indices of up to ``per_class`` images (seeded choice) of each class in ``classes`` (None: all)."""
     import numpy as np

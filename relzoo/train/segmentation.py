@@ -11,9 +11,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from .arguments import RunArguments
 from .engine import (
     TrainingEngine,
     argument_check,
@@ -36,7 +38,7 @@ PRETRAINING_ARGUMENTS = ("backbone", "backbone_kwargs", "backbone_pretrained", "
 
 
 @dataclass
-class SegmentationTrainingArguments:
+class SegmentationTrainingArguments(RunArguments):
     backbone: str = field(default="resnet50", metadata={"help": "timm CNN (official taps for resnet50/101, vgg16)"})
     backbone_kwargs: str | None = field(default=None, metadata={"help": "JSON dict of timm.create_model arguments"})
     backbone_pretrained: bool = field(default=False, metadata={
@@ -65,19 +67,8 @@ class SegmentationTrainingArguments:
     eval_batch_size: int = field(default=8, metadata={"help": "test episodes per forward"})
     pictures: int = field(default=0, metadata={"help": "write PNG panels of this many 1-shot test episodes"})
     output_dir: str = field(default="outputs/hsnet", metadata={"help": "where everything goes"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: off)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace a previous run's results and checkpoints in output_dir (else such a folder is refused)"})
     stop_after_steps: int | None = field(default=None, metadata={
         "help": "stop (as if killed) after this many steps of this invocation; for testing resume"})
-    seed: int = field(default=0, metadata={"help": "seed for the learner, episodes and augmentation"})
-    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
-    save_model: bool = field(default=True, metadata={"help": "write the model folder output_dir/model"})
-    mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
-    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
     data_dir: str | None = field(default=None, metadata={
         "help": "fashion_mnist_composites: folder of the Fashion-MNIST idx files (default: the Debian package's); "
                 "pascal5i / coco20i / fss1000: the folder holding VOC2012 / COCO2014 / FSS-1000 (required)"})
@@ -85,8 +76,9 @@ class SegmentationTrainingArguments:
         "help": "pascal5i / coco20i / fss1000: the official split folder (data/splits/<dataset>); without it the "
                 "splits are derived from the masks (see relzoo.data.segmentation_folders)"})
 
-    def __post_init__(self) -> None:
-        self.validate()
+    INTEGER_BOUNDS: ClassVar[dict[str, int]] = {
+        **RunArguments.INTEGER_BOUNDS, "pretrain_backbone_steps": 0, "pretrain_batch_size": 1, "image_size": 32,
+        "batch_size": 1, "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1, "pictures": 0, "fold": 0}
 
     def parsed_backbone_kwargs(self) -> dict:
         return json.loads(self.backbone_kwargs) if self.backbone_kwargs else {}
@@ -94,23 +86,11 @@ class SegmentationTrainingArguments:
     def parsed_shots(self) -> list[int]:
         return [int(s) for s in self.eval_shots.split(",") if s.strip()]
 
-    def validate(self) -> None:
-        """Every argument checked before anything is loaded; one ``ValueError`` naming the argument and value."""
+    def validate_task(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"`dataset` must be one of {DATASETS}, got {self.dataset!r}")
         if self.normalization not in ("auto", "imagenet", "half"):
             raise ValueError(f"`normalization` must be auto, imagenet or half, got {self.normalization!r}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"`mixed_precision` must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        at_least = {"pretrain_backbone_steps": 0, "pretrain_batch_size": 1, "image_size": 32, "batch_size": 1,
-                    "max_steps": 1, "eval_episodes": 1, "eval_batch_size": 1, "pictures": 0, "checkpoint_every": 0, "keep_checkpoints": 1, "log_every": 1, "num_workers": 0,
-                    "stop_after_steps": 1, "fold": 0}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if value is None and name == "stop_after_steps":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
         check_image_size(self.image_size, max(2 * self.batch_size, self.pretrain_batch_size))
         if self.fold >= FOLDS[self.dataset]:
             raise ValueError(f"`fold` must be in 0..{FOLDS[self.dataset] - 1} for {self.dataset}, got {self.fold}")
