@@ -256,3 +256,65 @@ def test_layers_import_without_timm_or_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "relzoo.SANConfig needs" in out.stdout and "only relzoo.layers works without it" in out.stdout
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_new_training_plugin_needs_only_its_own_registration(tmp_path):
+    """The classification trainer takes a plug-in it has never heard of: added for training (its parameters get
+    --plugin_lr_scale), its loss used, its batch sampler used, its argument checks run, and removed before saving."""
+    from safetensors.torch import load_file
+    from torch import nn
+
+    from relzoo.models import plugins
+    from relzoo.train import ClassifierTrainingArguments, train_classifier
+
+    calls = {"loss": 0, "sampled": 0}
+
+    class Sampler:
+        def __init__(self, n):
+            self.n = n
+
+        def set_epoch(self, epoch):
+            calls["sampled"] += 1
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(calls["sampled"])
+            order = torch.randperm(self.n, generator=g).tolist()
+            return iter([order[i:i + 8] for i in range(0, self.n - 7, 8)])
+
+        def __len__(self):
+            return self.n // 8
+
+    def add(model, args):
+        model.toyplug = nn.Linear(1, 1)
+        return model
+
+    def remove(model):
+        del model.toyplug
+        return model
+
+    def loss(net, pixel_values, labels, loss_fn):
+        calls["loss"] += 1
+        return loss_fn(net(pixel_values), labels) + 0 * net.toyplug.weight.sum()
+
+    def check(args):
+        if args.batch_size != 8:
+            raise ValueError(f"`batch_size` must be 8 for --plugin toyplug, got {args.batch_size}")
+
+    plugins.register_plugin(plugins.TrainingPlugin(name="toyplug", attribute="toyplug", description="a toy",
+                                                   add=add, remove=remove, loss=loss, check_arguments=check,
+                                                   batch_sampler=lambda labels, args: Sampler(len(labels))))
+    try:
+        base = dict(model="test_resnet", dataset="digits", train_samples=64, eval_samples=40, image_size=32,
+                    batch_size=8, eval_batch_size=20, epochs=1, max_steps=3, log_every=1, seed=0,
+                    recalibrate_bn_batches=0, plugin="toyplug", output_dir=str(tmp_path / "run"))
+        with pytest.raises(ValueError, match="`batch_size` must be 8 for --plugin toyplug, got 4"):
+            ClassifierTrainingArguments(**{**base, "batch_size": 4})
+        with pytest.raises(ValueError, match=r"`plugin_after` is for --plugin batchformer_v2, got it with --plugin "
+                                             r"toyplug"):
+            ClassifierTrainingArguments(**{**base, "plugin_after": "layer3"})
+        res = train_classifier(ClassifierTrainingArguments(**base))
+    finally:
+        plugins._PLUGINS.pop("toyplug", None)
+    assert res["steps"] == 3 and calls["loss"] == 3 and calls["sampled"] >= 1
+    assert not any(k.startswith("toyplug") for k in load_file(Path(res["model_dir"]) / "model.safetensors"))

@@ -42,6 +42,7 @@ def test_run_evaluates_unseen_classes_and_writes_a_loadable_model(tmp_path, fash
     processor = json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["size"] == {"height": 64, "width": 64}
     assert model.config.backbone == "resnet18" and json.loads((tmp_path / "results.json").read_text())["steps"] == 6
+    assert model.config.image_size == 64                      # the config says the size the run used, as the processor
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, fashion_like):

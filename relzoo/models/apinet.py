@@ -30,10 +30,12 @@ from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch
 from .plugins import (
+    TrainingPlugin,
     check_split_head,
     classifier_of,
     init_plugin_weights,
     pooled_width,
+    register_plugin,
     remove_plugin,
 )
 
@@ -140,6 +142,31 @@ def apinet_training_loss(model: nn.Module, pixel_values: torch.Tensor, labels: t
     logits = classifier(pooled)
     total, ce, rank = model.apinet.pair_loss(pooled, labels, classifier, cross_entropy)
     return APINetLoss(total, ce, rank, logits, features, pooled)
+
+
+def _check_arguments(args) -> None:
+    if isinstance(args.samples_per_class, bool) or not isinstance(args.samples_per_class, int) or \
+            args.samples_per_class < 2:
+        raise ValueError(f"`samples_per_class` must be an int >= 2 (API-Net needs a same-class partner), got "
+                         f"{args.samples_per_class!r}")
+    if args.batch_size % args.samples_per_class or args.batch_size // args.samples_per_class < 2:
+        raise ValueError(f"`batch_size` must be a multiple of samples_per_class={args.samples_per_class} "
+                         f"covering at least 2 classes for --plugin apinet, got {args.batch_size}")
+
+
+def _batch_sampler(labels, args):
+    """n classes x n images per batch, so that every image has both partners."""
+    from ..data.sampling import ClassBalancedBatchSampler
+
+    return ClassBalancedBatchSampler(labels, args.batch_size // args.samples_per_class, args.samples_per_class,
+                                     seed=args.seed)
+
+
+register_plugin(TrainingPlugin(
+    name="apinet", attribute="apinet", description="pairs within class-balanced batches",
+    add=lambda model, args: add_apinet(model), remove=remove_apinet,
+    loss=lambda net, pixel_values, labels, loss_fn: apinet_training_loss(net, pixel_values, labels, loss_fn).loss,
+    batch_sampler=_batch_sampler, check_arguments=_check_arguments, options=("samples_per_class",)))
 
 
 # --- transformers ---------------------------------------------------------------------------------------------------

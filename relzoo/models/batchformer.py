@@ -25,7 +25,15 @@ from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config
 from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch
-from .plugins import check_split_head, init_plugin_weights, pooled_width, probe_input, remove_plugin
+from .plugins import (
+    TrainingPlugin,
+    check_split_head,
+    init_plugin_weights,
+    pooled_width,
+    probe_input,
+    register_plugin,
+    remove_plugin,
+)
 
 __all__ = ["BatchFormerConfig", "BatchFormerForImageClassification", "BatchFormerPlugin", "BatchFormerPreTrainedModel",
            "add_batchformer", "batchformer_targets", "has_batchformer", "remove_batchformer"]
@@ -171,6 +179,35 @@ def batchformer_targets(model: nn.Module, targets: torch.Tensor) -> torch.Tensor
                              "images: pass the targets of that batch")
         return torch.cat([targets, targets], dim=0)
     return targets
+
+
+def default_plugin_after(model: nn.Module) -> list[str]:
+    """BatchFormer V2's default insertion point: the block two thirds deep of a ViT (official DeiT: 8 of 12),
+    ``layer3`` of a ResNet; other models must name one (``--plugin_after``)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) > 0:
+        return [f"blocks.{min(2 * len(blocks) // 3, len(blocks) - 1)}"]
+    if hasattr(model, "layer3"):
+        return ["layer3"]
+    raise ValueError(f"`plugin_after`: no default insertion point for {type(model).__name__}; name module(s) of "
+                     "model.named_modules(), e.g. --plugin_after stages.2")
+
+
+def _add_v2(model: nn.Module, args) -> nn.Module:
+    after = args.plugin_after.split(",") if args.plugin_after else default_plugin_after(model)
+    return add_batchformer(model, version=2, after=[a.strip() for a in after])
+
+
+def _training_loss(net: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
+    """``loss_fn`` over both streams (the labels duplicated for the batch-attended copy)."""
+    return loss_fn(net(pixel_values), batchformer_targets(net, labels))
+
+
+register_plugin(TrainingPlugin(name="batchformer", attribute="batchformer", description="V1, before the classifier",
+                               add=lambda model, args: add_batchformer(model, version=1), remove=remove_batchformer,
+                               loss=_training_loss))
+register_plugin(TrainingPlugin(name="batchformer_v2", attribute="batchformer", description="after --plugin_after",
+                               add=_add_v2, remove=remove_batchformer, loss=_training_loss, options=("plugin_after",)))
 
 
 # --- transformers ---------------------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ class HSNetConfig(PreTrainedConfig):
         num_channels (`int`, defaults to 3): image channels.
         use_support_mask (`bool`, defaults to `True`): mask the support features (official); `False` is the
             paper's unmasked (dagger) variant.
-        image_size (`int`, defaults to 400): the side the official models run at (preprocessing).
+        image_size (`int`, defaults to 400): the side this model's episodes are resized to, as its image processor
+            says: 400 for the official models, the run's `--image_size` for a relzoo fine-tuning.
         max_correlation_gib (`float`, defaults to 4.0): the largest 4D correlation (all taps of the finest level, one
             shot of the batch, in GiB) the model builds; larger query x support sizes are refused before the
             backbone runs (a 1600 px query and support on ResNet-18 need 12 GiB; the official 400 px ResNet-50 0.1).

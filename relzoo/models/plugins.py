@@ -3,12 +3,63 @@ that the head splits into ``forward_head(pre_logits=True)`` then that layer, tak
 weight initialisation of their transformers classes."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-__all__ = ["check_split_head", "classifier_of", "init_plugin_weights", "pooled_width",
-           "remove_plugin"]
+__all__ = ["check_split_head", "classifier_of", "init_plugin_weights", "pooled_width", "remove_plugin",
+           "TrainingPlugin", "register_plugin", "get_plugin", "plugin_names"]
+
+
+@dataclass(frozen=True)
+class TrainingPlugin:
+    """A training-only relation plug-in as relzoo's classification trainer uses it (``--plugin NAME``), declared by
+    its family's model file with :func:`register_plugin`; the trainer never names one.
+
+    ``add(model, args) -> model`` puts it on a timm classifier in place (``args``: the trainer's arguments), and
+    ``remove(model) -> model`` takes it off (the plain inference network); ``loss(net, pixel_values, labels,
+    loss_fn) -> loss`` is the training loss with the trainer's ``loss_fn`` as its cross-entropy; ``attribute`` is
+    where its parameters live on the model (their learning rate is scaled by ``--plugin_lr_scale``).
+    ``batch_sampler(labels, args)``, if given, builds the training batches (an object with ``set_epoch``);
+    ``check_arguments(args)`` raises ``ValueError`` for arguments it cannot work with; ``options`` are the trainer
+    arguments only this plug-in reads (one that defaults to ``None``, given with another plug-in, is refused)."""
+    name: str
+    attribute: str
+    description: str
+    add: Callable
+    remove: Callable
+    loss: Callable
+    batch_sampler: Callable | None = None
+    check_arguments: Callable | None = None
+    options: tuple[str, ...] = ()
+
+    def parameters(self, net: nn.Module) -> list[nn.Parameter]:
+        module = getattr(net, self.attribute, None)
+        return [] if module is None else list(module.parameters())
+
+
+_PLUGINS: dict[str, TrainingPlugin] = {}
+
+
+def register_plugin(plugin: TrainingPlugin) -> TrainingPlugin:
+    _PLUGINS[plugin.name] = plugin
+    return plugin
+
+
+def plugin_names() -> list[str]:
+    return list(_PLUGINS)
+
+
+def get_plugin(name: str) -> TrainingPlugin | None:
+    """The plug-in called ``name``; ``None`` for ``"none"``."""
+    if name == "none":
+        return None
+    if name not in _PLUGINS:
+        raise ValueError(f"`plugin` must be one of {('none', *_PLUGINS)}, got {name!r}")
+    return _PLUGINS[name]
 
 
 def probe_input(model: nn.Module) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..models.batchformer import default_plugin_after  # noqa: F401  (importable from here too)
 from .arguments import RunArguments
 from .engine import (
     BadArgumentError,
@@ -35,9 +36,6 @@ from .engine import (
     write_json_atomic,
 )
 from .run_folder import claim_output_dir
-
-PLUGINS = ("none", "batchformer", "batchformer_v2", "apinet")
-
 
 #: arguments that do not change the trained weights (used after training, or memory only): a resumed run may change them
 NO_EFFECT_ON_WEIGHTS = ("eval_split", "eval_samples", "eval_batch_size", "recalibrate_bn_batches", "many_shot_above",
@@ -113,20 +111,20 @@ class ClassifierTrainingArguments(RunArguments):
     def validate_task(self) -> None:
         if self.schedule not in ("cosine_epoch", "cosine", "constant"):
             raise ValueError(f"`schedule` must be cosine_epoch, cosine or constant, got {self.schedule!r}")
-        if self.plugin not in PLUGINS:
-            raise ValueError(f"`plugin` must be one of {PLUGINS}, got {self.plugin!r}")
-        if self.plugin_after is not None and self.plugin != "batchformer_v2":
-            raise ValueError(f"`plugin_after` is for --plugin batchformer_v2, got it with --plugin {self.plugin}")
+        import relzoo  # noqa: F401  (registers the plug-ins)
+
+        from ..models.plugins import get_plugin, plugin_names
+
+        plugin = get_plugin(self.plugin)
+        for option in dict.fromkeys(o for name in plugin_names() for o in get_plugin(name).options):
+            given = getattr(self, option) is not None and _field_default(self, option) is None
+            if given and (plugin is None or option not in plugin.options):
+                takers = [name for name in plugin_names() if option in get_plugin(name).options]
+                raise ValueError(f"`{option}` is for --plugin {' / '.join(takers)}, got it with --plugin {self.plugin}")
         if not (math.isfinite(self.plugin_lr_scale) and self.plugin_lr_scale > 0):
             raise ValueError(f"`plugin_lr_scale` must be a positive number, got {self.plugin_lr_scale!r}")
-        if self.plugin == "apinet":
-            if isinstance(self.samples_per_class, bool) or not isinstance(self.samples_per_class, int) or \
-                    self.samples_per_class < 2:
-                raise ValueError(f"`samples_per_class` must be an int >= 2 (API-Net needs a same-class partner), got "
-                                 f"{self.samples_per_class!r}")
-            if self.batch_size % self.samples_per_class or self.batch_size // self.samples_per_class < 2:
-                raise ValueError(f"`batch_size` must be a multiple of samples_per_class={self.samples_per_class} "
-                                 f"covering at least 2 classes for --plugin apinet, got {self.batch_size}")
+        if plugin is not None and plugin.check_arguments is not None:
+            plugin.check_arguments(self)
         for name in ("many_shot_above", "few_shot_below"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -234,63 +232,30 @@ class ClassifierTrainingModule(torch.nn.Module):
     ``forward(pixel_values, labels)`` -> the training loss: ``loss_fn`` on the logits (BatchFormer: over both
     streams, labels duplicated) or API-Net's pair loss with ``loss_fn`` as its cross-entropy."""
 
-    def __init__(self, net: torch.nn.Module, plugin: str, loss_fn):
+    def __init__(self, net: torch.nn.Module, plugin, loss_fn):
         super().__init__()
-        self.net, self.plugin, self.loss_fn = net, plugin, loss_fn
+        self.net, self.plugin, self.loss_fn = net, plugin, loss_fn     # plugin: a TrainingPlugin or None
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
             return self.net(pixel_values)
-        if self.plugin == "apinet":
-            from ..models.apinet import apinet_training_loss
-
-            return apinet_training_loss(self.net, pixel_values, labels, self.loss_fn).loss
-        from ..models.batchformer import batchformer_targets
-
-        return self.loss_fn(self.net(pixel_values), batchformer_targets(self.net, labels))
+        if self.plugin is None:
+            return self.loss_fn(self.net(pixel_values), labels)
+        return self.plugin.loss(self.net, pixel_values, labels, self.loss_fn)
 
     def plain_network(self) -> torch.nn.Module:
         """A copy of ``net`` without the plug-in: the inference network, with exactly the timm model's keys."""
         import copy
 
-        from ..models.apinet import remove_apinet
-        from ..models.batchformer import remove_batchformer
-
         net = copy.deepcopy(self.net)
-        if self.plugin == "apinet":
-            return remove_apinet(net)
-        return remove_batchformer(net) if self.plugin.startswith("batchformer") else net
+        return net if self.plugin is None else self.plugin.remove(net)
 
     def plugin_parameters(self) -> list[torch.nn.Parameter]:
-        module = getattr(self.net, {"apinet": "apinet"}.get(self.plugin, "batchformer"), None)
-        return [] if module is None or self.plugin == "none" else list(module.parameters())
+        return [] if self.plugin is None else self.plugin.parameters(self.net)
 
 
-def default_plugin_after(model: torch.nn.Module) -> list[str]:
-    """BatchFormer V2's default insertion point: the block two thirds deep of a ViT (official DeiT: 8 of 12),
-    ``layer3`` of a ResNet; other models must name one (``--plugin_after``)."""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, torch.nn.Sequential) and len(blocks) > 0:
-        return [f"blocks.{min(2 * len(blocks) // 3, len(blocks) - 1)}"]
-    if hasattr(model, "layer3"):
-        return ["layer3"]
-    raise ValueError(f"`plugin_after`: no default insertion point for {type(model).__name__}; name module(s) of "
-                     "model.named_modules(), e.g. --plugin_after stages.2")
-
-
-def add_plugin(model: torch.nn.Module, args: ClassifierTrainingArguments) -> torch.nn.Module:
-    """The plug-in named by ``args.plugin`` added to ``model`` in place."""
-    from ..models.apinet import add_apinet
-    from ..models.batchformer import add_batchformer
-
-    if args.plugin == "batchformer":
-        return add_batchformer(model, version=1)
-    if args.plugin == "batchformer_v2":
-        after = args.plugin_after.split(",") if args.plugin_after else default_plugin_after(model)
-        return add_batchformer(model, version=2, after=[a.strip() for a in after])
-    if args.plugin == "apinet":
-        return add_apinet(model)
-    return model
+def _field_default(args, name: str):
+    return next(f.default for f in dataclasses.fields(args) if f.name == name)
 
 
 def resolve_model_kwargs(args: ClassifierTrainingArguments) -> dict:
@@ -337,8 +302,8 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
     import relzoo  # noqa: F401  (registers relzoo models with timm)
 
     from ..data import TransformedImageDataset, build_transform, class_names, collate_images, load_image_dataset
-    from ..data.sampling import ClassBalancedBatchSampler
     from ..hub import save_hub_folder
+    from ..models.plugins import get_plugin
 
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
@@ -362,7 +327,8 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
     mean, std = data_cfg["mean"], data_cfg["std"]
     if args.in_chans == 1 and len(mean) == 3:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    module = ClassifierTrainingModule(add_plugin(model, args), args.plugin,
+    plugin = get_plugin(args.plugin)
+    module = ClassifierTrainingModule(model if plugin is None else plugin.add(model, args), plugin,
                                       partial(smoothed_cross_entropy, eps=args.label_smoothing))
     train_ds = TransformedImageDataset(
         train_hf, build_transform(args.image_size, True, mean, std, hflip=args.hflip, scale=(args.crop_scale_min, 1.0)),
@@ -371,9 +337,8 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
                                       args.in_chans, skip_unreadable=args.skip_unreadable_images, mask_skipped=True)
     train_labels = list(train_hf["label"])
     epoch_hooks: list = [train_ds]
-    if args.plugin == "apinet":  # n classes x n images per batch, so that every image has both partners
-        sampler = ClassBalancedBatchSampler(train_labels, args.batch_size // args.samples_per_class,
-                                            args.samples_per_class, seed=args.seed)
+    sampler = plugin.batch_sampler(train_labels, args) if plugin and plugin.batch_sampler else None
+    if sampler is not None:   # the plug-in's own batches (API-Net: n classes x n images, every image paired)
         epoch_hooks.append(sampler)
         batching = dict(batch_sampler=sampler)
     else:
@@ -410,7 +375,7 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
         engine.resume()
     n_plugin = sum(p.numel() for p in module.plugin_parameters())
     n_net = sum(p.numel() for p in module.parameters()) - n_plugin
-    plugin_note = "" if args.plugin == "none" else f" + {args.plugin} ({n_plugin:,} training-only)"
+    plugin_note = "" if plugin is None else f" + {args.plugin} ({n_plugin:,} training-only)"
     accelerator.print(f"{args.model}: {n_net:,} parameters{plugin_note} | "
                       f"{len(train_ds)} train / {len(eval_ds)} eval samples | {accelerator.num_processes} process(es) "
                       f"({accelerator.distributed_type}) | {steps_per_epoch} steps/epoch, {total_steps} steps")

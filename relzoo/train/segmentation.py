@@ -404,7 +404,8 @@ def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dic
     with argument_check(args, "backbone", "backbone_kwargs"):
         model = HSNetForFewShotSegmentation(HSNetConfig(backbone=args.backbone,
                                                         backbone_kwargs=args.parsed_backbone_kwargs(),
-                                                        backbone_pretrained=args.backbone_pretrained))
+                                                        backbone_pretrained=args.backbone_pretrained,
+                                                        image_size=args.image_size))   # what this run's episodes use
     with argument_check(args, "backbone_weights"):
         weights = load_backbone_weights(model, args.backbone_weights) if args.backbone_weights else None
     pretraining = pretrain_backbone(model, args) if args.pretrain_backbone_steps else None
