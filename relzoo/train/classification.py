@@ -26,16 +26,13 @@ from ..models.batchformer import default_plugin_after  # noqa: F401  (importable
 from .arguments import RunArguments
 from .engine import (
     BadArgumentError,
-    TrainingEngine,
     argument_check,
     check_image_size,
-    make_accelerator,
     replicas_in_sync,
     report_skipped,
     run_identity,
-    write_json_atomic,
 )
-from .run_folder import claim_output_dir
+from .run import TrainingPlan, run_training
 
 #: arguments that do not change the trained weights (used after training, or memory only): a resumed run may change them
 NO_EFFECT_ON_WEIGHTS = ("eval_split", "eval_samples", "eval_batch_size", "recalibrate_bn_batches", "many_shot_above",
@@ -288,15 +285,11 @@ def recalibrate_batchnorm(model, dataloader, num_batches: int, accelerator) -> N
 
 def train_classifier(args: ClassifierTrainingArguments) -> dict:
     """Train, evaluate and save; returns a summary dict (also written to ``output_dir/results.json``)."""
-    args.validate()
-    accelerator = make_accelerator(args.cpu, args.mixed_precision)
-    with claim_output_dir(args.output_dir, accelerator, resume=args.resume, overwrite=args.overwrite):
-        return _train_classifier(args, accelerator)
+    return run_training(args, _build_classifier)
 
 
-def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
+def _build_classifier(args: ClassifierTrainingArguments, accelerator) -> TrainingPlan:
     import timm
-    from accelerate.utils import set_seed
     from timm.data import resolve_data_config
 
     import relzoo  # noqa: F401  (registers relzoo models with timm)
@@ -304,9 +297,6 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
     from ..data import TransformedImageDataset, build_transform, class_names, collate_images, load_image_dataset
     from ..hub import save_hub_folder
     from ..models.plugins import get_plugin
-
-    set_seed(args.seed)
-    out_dir = Path(args.output_dir)
 
     with argument_check(args, "dataset", "train_split", "eval_split"):
         train_hf = _subset(load_image_dataset(args.dataset, args.train_split), args.train_samples, args.seed)
@@ -367,18 +357,9 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
         optimizer, _lr_factor(args.schedule, steps_per_epoch, args.epochs, total_steps))
     run = run_identity(args, accelerator, NO_EFFECT_ON_WEIGHTS, num_classes=len(names),
                        resolved_model_kwargs=resolve_model_kwargs(args))
-    engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total_steps,
-                            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                            keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
-                            epoch_hooks=epoch_hooks)
-    if args.resume:
-        engine.resume()
     n_plugin = sum(p.numel() for p in module.plugin_parameters())
     n_net = sum(p.numel() for p in module.parameters()) - n_plugin
     plugin_note = "" if plugin is None else f" + {args.plugin} ({n_plugin:,} training-only)"
-    accelerator.print(f"{args.model}: {n_net:,} parameters{plugin_note} | "
-                      f"{len(train_ds)} train / {len(eval_ds)} eval samples | {accelerator.num_processes} process(es) "
-                      f"({accelerator.distributed_type}) | {steps_per_epoch} steps/epoch, {total_steps} steps")
     skipped = set()
 
     def step(batch):
@@ -386,40 +367,44 @@ def _train_classifier(args: ClassifierTrainingArguments, accelerator) -> dict:
         with accelerator.autocast():
             return model(batch["pixel_values"], batch["labels"])
 
-    summary = {"model": args.model, "dataset": args.dataset, "plugin": args.plugin, **engine.fit(step), "lr": lr,
-               "arguments": dataclasses.asdict(args)}  # the exact command, for the model card of a published run
-    train_time = summary["train_time_s"]
-    if summary.get("interrupted"):
-        return summary
-    if args.recalibrate_bn_batches:
-        recalibrate_batchnorm(model, train_dl, args.recalibrate_bn_batches, accelerator)
-    metrics = evaluate(model, eval_dl, accelerator, skipped)
-    if args.skip_unreadable_images:
-        summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
-        summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
-    summary.update(metrics)
-    lt = args.dataset == "fashion_mnist_lt"
-    many = args.many_shot_above if args.many_shot_above is not None else (1200 if lt else 100)
-    few = args.few_shot_below if args.few_shot_below is not None else (240 if lt else 20)
-    summary["train_class_counts"] = dict(sorted(Counter(train_labels).items()))
-    summary.update(shot_group_accuracy(metrics["per_class_top1"], summary["train_class_counts"], many, few))
-    summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
-    accelerator.print(f"eval on {metrics['eval_samples']} {args.eval_split} images: top-1 {metrics['top1']:.4f} "
-                      f"top-5 {metrics['top5']:.4f} loss {metrics['eval_loss']:.4f} ({train_time:.0f} s training)")
-    if sum(bool(v) for v in summary["shot_groups"].values()) > 1:
-        accelerator.print("per-class-mean top-1 by training images: " + ", ".join(
-            f"{g} ({len(summary['shot_groups'][g])} classes) {summary[g + '_top1']:.4f}"
-            for g in ("many", "medium", "few") if summary["shot_groups"][g]))
-    if accelerator.is_main_process:
+    def evaluate_run(summary: dict) -> None:
+        if args.recalibrate_bn_batches:
+            recalibrate_batchnorm(model, train_dl, args.recalibrate_bn_batches, accelerator)
+        metrics = evaluate(model, eval_dl, accelerator, skipped)
+        if args.skip_unreadable_images:
+            summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
+            summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
+        summary.update(metrics)
+        lt = args.dataset == "fashion_mnist_lt"
+        many = args.many_shot_above if args.many_shot_above is not None else (1200 if lt else 100)
+        few = args.few_shot_below if args.few_shot_below is not None else (240 if lt else 20)
+        summary["train_class_counts"] = dict(sorted(Counter(train_labels).items()))
+        summary.update(shot_group_accuracy(metrics["per_class_top1"], summary["train_class_counts"], many, few))
+        summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
+        accelerator.print(f"eval on {metrics['eval_samples']} {args.eval_split} images: top-1 {metrics['top1']:.4f} "
+                          f"top-5 {metrics['top5']:.4f} loss {metrics['eval_loss']:.4f} "
+                          f"({summary['train_time_s']:.0f} s training)")
+        if sum(bool(v) for v in summary["shot_groups"].values()) > 1:
+            accelerator.print("per-class-mean top-1 by training images: " + ", ".join(
+                f"{g} ({len(summary['shot_groups'][g])} classes) {summary[g + '_top1']:.4f}"
+                for g in ("many", "medium", "few") if summary["shot_groups"][g]))
+
+    def write(summary: dict, out_dir: Path) -> None:
         if args.save_model:
             dataset_name = args.dataset if "/" not in args.dataset else Path(args.dataset).name
             folder = save_hub_folder(
-                accelerator.unwrap_model(model).plain_network(), out_dir / "model", class_names=names, image_size=args.image_size,
-                crop_pct=args.crop_pct, mean=mean, std=std, model_id=f"{args.model}-{dataset_name}",
-                dataset=dataset_name, metrics={k: metrics[k] for k in ("top1", "top5")},
-                training=dataclasses.asdict(args), overwrite=True)   # the run owns output_dir (see run_folder)
+                accelerator.unwrap_model(model).plain_network(), out_dir / "model", class_names=names,
+                image_size=args.image_size, crop_pct=args.crop_pct, mean=mean, std=std,
+                model_id=f"{args.model}-{dataset_name}", dataset=dataset_name,
+                metrics={k: summary[k] for k in ("top1", "top5")}, training=dataclasses.asdict(args),
+                overwrite=True)   # the run owns output_dir (see run_folder)
             summary["model_dir"] = str(folder)
             accelerator.print(f"Hub-ready model folder: {folder}")
-        write_json_atomic(out_dir / "results.json", summary)
-    accelerator.wait_for_everyone()
-    return summary
+
+    description = (f"{args.model}: {n_net:,} parameters{plugin_note} | {len(train_ds)} train / {len(eval_ds)} eval "
+                   f"samples | {accelerator.num_processes} process(es) ({accelerator.distributed_type}) | "
+                   f"{steps_per_epoch} steps/epoch, {total_steps} steps")
+    return TrainingPlan(model=model, optimizer=optimizer, scheduler=scheduler, dataloader=train_dl,
+                        total_steps=total_steps, run=run, step=step, evaluate=evaluate_run, write=write,
+                        facts={"model": args.model, "dataset": args.dataset, "plugin": args.plugin},
+                        fit_facts=lambda: {"lr": lr}, epoch_hooks=epoch_hooks, description=description)

@@ -29,16 +29,13 @@ from ..metrics import mean_confidence_interval
 from .arguments import RunArguments
 from .engine import (
     BadArgumentError,
-    TrainingEngine,
     argument_check,
     check_image_size,
-    make_accelerator,
     replicas_in_sync,
     report_skipped,
     run_identity,
-    write_json_atomic,
 )
-from .run_folder import claim_output_dir
+from .run import TrainingPlan, run_training
 
 MODELS = ("crosstransformer", "protonet")
 RECIPES = ("official", "plain")
@@ -333,19 +330,12 @@ def build_model(args: FewShotTrainingArguments):
 def train_fewshot(args: FewShotTrainingArguments) -> dict:
     """Train, evaluate (mean ± 95% CI per test set and shot count) and save; returns a summary dict (also written to
     ``output_dir/results.json``)."""
-    args.validate()
-    accelerator = make_accelerator(args.cpu, args.mixed_precision)
-    with claim_output_dir(args.output_dir, accelerator, resume=args.resume, overwrite=args.overwrite):
-        return _train_fewshot(args, accelerator)
+    return run_training(args, _build_fewshot)
 
 
-def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
-    from accelerate.utils import set_seed
-
+def _build_fewshot(args: FewShotTrainingArguments, accelerator) -> TrainingPlan:
     from ..data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
 
-    set_seed(args.seed)
-    out_dir = Path(args.output_dir)
     with argument_check(args, "dataset", "train_split"):
         train_ds = load_split(args.dataset, args.train_split)
     # the sampler's episode i of epoch e depends only on (seed, e, i): processes take alternate episodes
@@ -371,20 +361,13 @@ def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
         (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     run = run_identity(args, accelerator, NO_EFFECT_ON_WEIGHTS)
-    engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, total,
-                            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                            keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
-                            epoch_hooks=[sampler],
-                            grad_transform=normalize_gradients if args.recipe == "official" else None)
-    if args.resume:
-        engine.resume()
     net = accelerator.unwrap_model(model)
     decayed = decayed_parameters(net)
-    accelerator.print(f"{args.model} on {args.backbone}: {sum(p.numel() for p in net.parameters()):,} parameters | "
-                      f"{args.n_way}-way {args.n_shot}-shot {args.n_query}-query episodes "
-                      f"({'variable' if args.variable_episodes else 'fixed'}, SimCLR p={args.simclr_probability}) "
-                      f"from classes {args.train_classes} of {args.dataset} | {accelerator.num_processes} process(es) "
-                      f"| {total} steps")
+    description = (f"{args.model} on {args.backbone}: {sum(p.numel() for p in net.parameters()):,} parameters | "
+                   f"{args.n_way}-way {args.n_shot}-shot {args.n_query}-query episodes "
+                   f"({'variable' if args.variable_episodes else 'fixed'}, SimCLR p={args.simclr_probability}) "
+                   f"from classes {args.train_classes} of {args.dataset} | {accelerator.num_processes} process(es) "
+                   f"| {total} steps")
     counts = {"simclr_episodes": 0, "episodes": 0}
     skipped: set = set()
 
@@ -401,33 +384,35 @@ def _train_fewshot(args: FewShotTrainingArguments, accelerator) -> dict:
             loss = loss + args.weight_decay * sum(p.pow(2).sum() for p in decayed)
         return loss
 
-    summary = {"model": args.model, "backbone": args.backbone, "dataset": args.dataset, **engine.fit(step), "lr": lr,
-               "simclr_episodes_this_process": counts["simclr_episodes"], "episodes_this_process": counts["episodes"],
-               "arguments": dataclasses.asdict(args)}
-    if summary.get("interrupted"):
-        return summary
-    results = evaluate_all(model, args, accelerator, skipped if args.skip_unreadable_images else None)
-    summary["results"] = results
-    if args.skip_unreadable_images:
-        summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
-        summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
-    summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
-    if args.attention_maps and accelerator.is_main_process:
-        from .attention_maps import write_attention_maps
+    def evaluate_run(summary: dict) -> None:
+        summary["results"] = evaluate_all(model, args, accelerator, skipped if args.skip_unreadable_images else None)
+        if args.skip_unreadable_images:
+            summary["skipped_unreadable_files"] = report_skipped(skipped, accelerator)
+            summary["skipped_unreadable_images"] = len(summary["skipped_unreadable_files"])
+        summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
 
-        summary["attention_maps"] = [str(p) for p in write_attention_maps(net, args, out_dir / "attention")]
-    if accelerator.is_main_process:
+    def write(summary: dict, out_dir: Path) -> None:
+        if args.attention_maps:
+            from .attention_maps import write_attention_maps
+
+            summary["attention_maps"] = [str(p) for p in write_attention_maps(net, args, out_dir / "attention")]
         if args.save_model:
             from ..models.fewshot_hub import save_fewshot_folder
 
-            folder = save_fewshot_folder(net, out_dir / "model", image_size=args.image_size, results=results,
-                                         overwrite=True,   # the run owns output_dir (see run_folder)
+            folder = save_fewshot_folder(net, out_dir / "model", image_size=args.image_size,
+                                         results=summary["results"], overwrite=True,   # the run owns output_dir
                                          training=dataclasses.asdict(args), dataset=args.dataset)
             summary["model_dir"] = str(folder)
             accelerator.print(f"Hub-ready model folder: {folder}")
-        write_json_atomic(out_dir / "results.json", summary)
-    accelerator.wait_for_everyone()
-    return summary
+
+    return TrainingPlan(model=model, optimizer=optimizer, scheduler=scheduler, dataloader=train_dl, total_steps=total,
+                        run=run, step=step, evaluate=evaluate_run, write=write,
+                        facts={"model": args.model, "backbone": args.backbone, "dataset": args.dataset},
+                        fit_facts=lambda: {"lr": lr, "simclr_episodes_this_process": counts["simclr_episodes"],
+                                           "episodes_this_process": counts["episodes"]},
+                        epoch_hooks=[sampler],
+                        grad_transform=normalize_gradients if args.recipe == "official" else None,
+                        description=description)
 
 
 def check_evaluation_sets(args: FewShotTrainingArguments) -> None:

@@ -23,9 +23,8 @@ from .engine import (
     make_accelerator,
     replicas_in_sync,
     run_identity,
-    write_json_atomic,
 )
-from .run_folder import claim_output_dir
+from .run import TrainingPlan, run_training
 
 DATASETS = ("fashion_mnist_composites", "pascal5i", "coco20i", "fss1000")
 FOLDS = {"fashion_mnist_composites": 2, "pascal5i": 4, "coco20i": 4, "fss1000": 1}
@@ -382,19 +381,12 @@ def write_pictures(model, args: SegmentationTrainingArguments, folder: Path) -> 
 
 def train_segmentation(args: SegmentationTrainingArguments) -> dict:
     """Fine-tune HSNet's learner on 1-shot episodes, evaluate, save; returns a summary (also ``results.json``)."""
-    args.validate()
-    accelerator = make_accelerator(args.cpu, args.mixed_precision)
-    with claim_output_dir(args.output_dir, accelerator, resume=args.resume, overwrite=args.overwrite):
-        return _train_segmentation(args, accelerator)
+    return run_training(args, _build_segmentation)
 
 
-def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dict:
-    from accelerate.utils import set_seed
-
+def _build_segmentation(args: SegmentationTrainingArguments, accelerator) -> TrainingPlan | dict:
     from ..models.hsnet import HSNetConfig, HSNetForFewShotSegmentation
 
-    set_seed(args.seed)
-    out_dir = Path(args.output_dir)
     per_run = args.max_steps * args.batch_size * accelerator.num_processes  # built-in: one epoch = the whole run
     with argument_check(args, "dataset", "data_dir", "split_dir", "fold"):   # the data first: found before any model
         episodes = segmentation_episodes(args, "train", 1, per_run if args.dataset == "fashion_mnist_composites"
@@ -417,17 +409,11 @@ def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dic
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # official: constant
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     run = run_identity(args, accelerator, NO_EFFECT_ON_WEIGHTS, image_mean_std=image_statistics(args))
-    engine = TrainingEngine(accelerator, model, optimizer, scheduler, train_dl, out_dir, run, args.max_steps,
-                            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                            keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
-                            epoch_hooks=[episodes])
-    if args.resume:
-        engine.resume()
     net = accelerator.unwrap_model(model)
-    accelerator.print(f"HSNet on {args.backbone} (frozen{', weights ' + args.backbone_weights if weights else ''}): "
-                      f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters | "
-                      f"1-shot episodes, {args.batch_size} per step and process, fold {args.fold} | "
-                      f"{accelerator.num_processes} process(es) | {args.max_steps} steps")
+    description = (f"HSNet on {args.backbone} (frozen{', weights ' + args.backbone_weights if weights else ''}): "
+                   f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters | "
+                   f"1-shot episodes, {args.batch_size} per step and process, fold {args.fold} | "
+                   f"{accelerator.num_processes} process(es) | {args.max_steps} steps")
 
     def step(batch):
         with accelerator.autocast():
@@ -435,13 +421,11 @@ def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dic
                          support_pixel_values=batch["support_pixel_values"],
                          support_masks=batch["support_masks"], labels=batch["labels"]).loss
 
-    summary = {"model": "hsnet", "backbone": args.backbone, **engine.fit(step), "backbone_weights": weights,
-               "backbone_pretraining": pretraining, "arguments": dataclasses.asdict(args)}
-    if summary.get("interrupted"):
-        return summary
-    summary["results"] = evaluate_segmentation(model, args, accelerator)
-    summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
-    if accelerator.is_main_process:
+    def evaluate_run(summary: dict) -> None:
+        summary["results"] = evaluate_segmentation(model, args, accelerator)
+        summary["replicas_in_sync"] = replicas_in_sync(model, accelerator)
+
+    def write(summary: dict, out_dir: Path) -> None:
         if args.pictures:
             summary["pictures"] = [str(p) for p in write_pictures(net, args, out_dir / "pictures")]
         if args.save_model:
@@ -450,6 +434,9 @@ def _train_segmentation(args: SegmentationTrainingArguments, accelerator) -> dic
             with atomic_folder(out_dir / "model", overwrite=True) as tmp:
                 write_hsnet_folder(tmp, net, args, summary["results"])
             summary["model_dir"] = str(out_dir / "model")
-        write_json_atomic(out_dir / "results.json", summary)
-    accelerator.wait_for_everyone()
-    return summary
+
+    return TrainingPlan(model=model, optimizer=optimizer, scheduler=scheduler, dataloader=train_dl,
+                        total_steps=args.max_steps, run=run, step=step, evaluate=evaluate_run, write=write,
+                        facts={"model": "hsnet", "backbone": args.backbone},
+                        fit_facts=lambda: {"backbone_weights": weights, "backbone_pretraining": pretraining},
+                        epoch_hooks=[episodes], description=description)
