@@ -282,4 +282,4 @@ def test_pushing_a_model_uploads_the_network_inference_runs(tmp_path, monkeypatc
         "files"]
     proto = ProtoNetForFewShotClassification(ProtoNetConfig(backbone="resnet10t"))
     push_to_hub(proto, "me/proto")
-    assert uploaded["me/proto"]["config.json"]["auto_map"]["AutoModel"].startswith("relzoo_models_fewshot.")
+    assert uploaded["me/proto"]["config.json"]["auto_map"]["AutoModel"].startswith("relzoo_models_crosstransformer.")

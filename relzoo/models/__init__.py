@@ -1,5 +1,5 @@
 """Model families. Importing this package registers every family with timm and the transformers Auto classes."""
-from . import apinet, batchformer, fewshot, hsnet, san  # noqa: F401  (family list: add one import per family)
+from . import apinet, batchformer, crosstransformer, hsnet, san  # noqa: F401  (family list: add one import per family)
 from .apinet import APINetConfig, APINetForImageClassification, add_apinet, apinet_training_loss, remove_apinet
 from .batchformer import (
                           BatchFormerConfig,
@@ -8,7 +8,7 @@ from .batchformer import (
                           batchformer_targets,
                           remove_batchformer,
 )
-from .fewshot import (
+from .crosstransformer import (
                       AutoModelForFewShotClassification,
                       CrossTransformerConfig,
                       CrossTransformerForFewShotClassification,

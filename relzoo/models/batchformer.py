@@ -23,7 +23,7 @@ from transformers.utils.generic import can_return_tuple
 from ..layers.batchformer import BatchFormer, BatchFormerV2Insertion
 from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config
-from .hub_mixin import ChecksummedPretrainedMixin
+from .checksummed_loading import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch
 from .plugins import (
     TrainingPlugin,

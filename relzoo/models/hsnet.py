@@ -31,8 +31,8 @@ from transformers.utils.generic import can_return_tuple
 from ..layers.hsnet import HypercorrelationLearner, hypercorrelation, masked_features, shot_hypercorrelation
 from ..registry import Family, register_family
 from .backbones import build_backbone, check_backbone_config
+from .checksummed_loading import ChecksummedPretrainedMixin
 from .hsnet_taps import LEVEL_STRIDES, FeatureTaps, prune_after_taps, resolve_taps
-from .hub_mixin import ChecksummedPretrainedMixin
 from .inputs import check_finite, check_image_batch
 
 __all__ = ["AutoModelForFewShotSegmentation", "FewShotSegmentationOutput", "HSNetConfig",

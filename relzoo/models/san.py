@@ -45,8 +45,8 @@ from ..layers.san import (
     onnx_exporting,
 )
 from ..registry import Family, register_family
-from .checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
-from .hub_mixin import ChecksummedPretrainedMixin
+from .activation_checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
+from .checksummed_loading import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch, class_names
 from .san_keys import checkpoint_filter_fn, official_to_timm_key, timm_to_official_key  # noqa: F401
 
@@ -686,7 +686,7 @@ class SANPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=torch_checkpoint,
                                     every_n_layers: int = 1) -> None:
         """transformers' switch for activation checkpointing, with recomputations that leave the BatchNorm
-        statistics as training without checkpointing would (see :mod:`relzoo.models.checkpointing`)."""
+        statistics as training without checkpointing would (see :mod:`relzoo.models.activation_checkpointing`)."""
         super()._set_gradient_checkpointing(enable, batchnorm_safe_checkpoint_func(gradient_checkpointing_func, self),
                                             every_n_layers)
 

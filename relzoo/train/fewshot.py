@@ -311,7 +311,7 @@ def evaluate_episodes(model, inputs: torch.Tensor, labels, n_way: int, n_shot: i
 # the run
 # ----------------------------------------------------------------------------------------------------------------
 def build_model(args: FewShotTrainingArguments):
-    from ..models.fewshot import (
+    from ..models.crosstransformer import (
         CrossTransformerConfig,
         CrossTransformerForFewShotClassification,
         ProtoNetConfig,
@@ -397,7 +397,7 @@ def _build_fewshot(args: FewShotTrainingArguments, accelerator) -> TrainingPlan:
 
             summary["attention_maps"] = [str(p) for p in write_attention_maps(net, args, out_dir / "attention")]
         if args.save_model:
-            from ..models.fewshot_hub import save_fewshot_folder
+            from ..models.crosstransformer_hub import save_fewshot_folder
 
             folder = save_fewshot_folder(net, out_dir / "model", image_size=args.image_size,
                                          results=summary["results"], overwrite=True,   # the run owns output_dir
