@@ -19,7 +19,7 @@ from huggingface_hub.repocard_data import EvalResult
 from .registry import Family, get_family
 
 __all__ = ["render_card", "variant_card", "classifier_card", "trained_card", "converted_card", "timm_network_usage",
-           "WEIGHT_STATUSES", "NO_WEIGHTS_MARK"]
+           "remote_code_usage", "WEIGHT_STATUSES", "NO_WEIGHTS_MARK"]
 
 WEIGHT_STATUSES = ("converted", "trained", "none")
 #: written into the card of a folder without weights; :func:`relzoo.publish.push_to_hub` refuses folders carrying it
@@ -191,3 +191,11 @@ def timm_network_usage(model_id: str, training_note: str) -> list[str]:
             "from transformers import AutoModelForImageClassification, pipeline",
             f'model = AutoModelForImageClassification.from_pretrained("{model_id}")   # transformers TimmWrapper',
             f'print(pipeline("image-classification", model="{model_id}")("image.png"))', "```", "", training_note]
+
+
+def remote_code_usage(model_id: str) -> list[str]:
+    """The usage lines for loading a relzoo transformers folder without relzoo (its remote code)."""
+    return ["Without relzoo installed (the modeling code in this repo, needing torch, timm, transformers and einops: "
+            "`pip install timm transformers einops`):", "",
+            "```python", "from transformers import AutoModel",
+            f'model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()', "```"]

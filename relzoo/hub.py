@@ -25,7 +25,7 @@ from .fileio import atomic_folder
 from .registry import families, family_of_timm_model
 from .remote_code import _registered_class, auto_map_for, write_remote_code
 
-__all__ = ["save_hub_folder", "write_timm_files", "write_transformers_files", "write_image_processor",
+__all__ = ["save_hub_folder", "write_timm_files", "write_plain_network_files", "write_transformers_files", "write_image_processor",
            "write_timm_processor", "timm_preprocessing", "add_remote_code", "AUTO_CLASSES"]
 
 #: the Auto classes a Hub folder's ``auto_map`` may name (each one relzoo registers the model's config with)
@@ -84,6 +84,13 @@ def write_timm_files(model: torch.nn.Module, folder: Path, *, class_names: list[
     config_path.write_text(json.dumps(config, indent=2))
     write_timm_processor(folder, config["pretrained_cfg"])
     write_checksums(folder)  # relzoo's own models write theirs in save_pretrained
+
+
+def write_plain_network_files(model, folder: Path, *, class_names: list[str], preprocessing: dict,
+                              model_id: str) -> None:
+    """A training-only plug-in family's variant (``Family.plugin``): the plain timm network it trained
+    (``model.to_timm()``, the plug-in removed) in timm's format (:func:`write_timm_files`)."""
+    write_timm_files(model.to_timm().eval(), folder, class_names=class_names, preprocessing=preprocessing)
 
 
 def write_transformers_files(model, folder: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from huggingface_hub.repocard_data import EvalResult
 
-from ..cards import trained_card
+from ..cards import remote_code_usage, trained_card
 from ..fileio import atomic_folder
 from ..hub import write_image_processor, write_transformers_files
 from ..registry import family_of
@@ -27,10 +27,7 @@ def usage(model_id: str) -> list[str]:
             f'model = relzoo.AutoModelForFewShotClassification.from_pretrained("{model_id}").eval()',
             "model.set_support(support_pixel_values, support_labels)   # (S, 3, H, W), labels 0..N-1",
             "logits = model(query_pixel_values=queries).logits          # (Q, N)", "```", "",
-            "Without relzoo installed (the modeling code in this repo, needing torch, timm, transformers and einops: "
-            "`pip install timm transformers einops`):", "",
-            "```python", "from transformers import AutoModel",
-            f'model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()', "```"]
+            *remote_code_usage(model_id)]
 
 
 def save_fewshot_folder(model, folder: str | os.PathLike, *, image_size: int, results: list[dict] | None = None,

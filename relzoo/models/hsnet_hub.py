@@ -7,7 +7,7 @@ from pathlib import Path
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..cards import converted_card
+from ..cards import converted_card, remote_code_usage
 from ..conversion import mismatch_summary, open_checkpoint, state_mismatch
 from ..fileio import atomic_folder
 from ..hub import write_image_processor, write_transformers_files
@@ -37,10 +37,7 @@ def usage(model_id: str) -> list[str]:
             f'model = relzoo.AutoModelForFewShotSegmentation.from_pretrained("{model_id}").eval()',
             "out = model(query_pixel_values=q, support_pixel_values=s, support_masks=m)   # 400x400, ImageNet norm",
             "mask = out.predicted_mask", "```", "",
-            "Without relzoo installed (the modeling code in this repo, needing torch, timm, transformers and einops: "
-            "`pip install timm transformers einops`):", "",
-            "```python", "from transformers import AutoModel",
-            f'model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()', "```"]
+            *remote_code_usage(model_id)]
 
 
 def _hsnet_key(official: str) -> str:
