@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 __all__ = ["Family", "Converter", "TASKS", "register_family", "unregister_family", "get_family", "families",
-           "family_names", "find_family", "family_of", "family_of_timm_model"]
+           "family_names", "find_family", "family_of", "recommended_model_kwargs", "family_of_timm_model"]
 
 #: what a family's published model does (the Hub pipeline task, or relzoo's own for the few-shot families)
 TASKS = ("image-classification", "few-shot-image-classification", "few-shot-segmentation")
@@ -57,7 +57,8 @@ class Family:
     this family's transformers folder (its hub module then also defines ``write_timm_files(timm_model, folder, *,
     class_names, preprocessing)``). ``train_script``: the script that trains it (quoted in cards). ``benchmark``:
     the module of its benchmark (``scripts/benchmark.py NAME``; see :mod:`relzoo.benchmarks`), families may share
-    one."""
+    one. ``model_kwargs_for(model_name, image_size) -> dict``: the ``timm.create_model`` arguments the family
+    recommends for one of its timm models at an image size (``{}``: none), used when a trainer is given none."""
     name: str
     title: str
     config_class: type
@@ -71,6 +72,7 @@ class Family:
     timm_class: type | None = None
     train_script: str | None = None
     benchmark: str | None = None
+    model_kwargs_for: Callable | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -125,6 +127,15 @@ def get_family(name: str) -> Family:
 def find_family(name) -> Family | None:
     """The family called ``name``, ``None`` if there is none (:func:`get_family` raises instead)."""
     return _FAMILIES.get(name) if isinstance(name, str) else None
+
+
+def recommended_model_kwargs(model_name: str, image_size: int) -> dict:
+    """What the family owning the timm model ``model_name`` recommends at ``image_size`` (``{}`` if none)."""
+    for family in _FAMILIES.values():
+        kwargs = family.model_kwargs_for(model_name, image_size) if family.model_kwargs_for else None
+        if kwargs:
+            return dict(kwargs)
+    return {}
 
 
 def family_of(model_or_config) -> Family | None:

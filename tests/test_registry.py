@@ -318,3 +318,19 @@ def test_a_new_training_plugin_needs_only_its_own_registration(tmp_path):
         plugins._PLUGINS.pop("toyplug", None)
     assert res["steps"] == 3 and calls["loss"] == 3 and calls["sampled"] >= 1
     assert not any(k.startswith("toyplug") for k in load_file(Path(res["model_dir"]) / "model.safetensors"))
+
+
+def test_model_kwargs_a_family_recommends_come_from_its_record():
+    """The classifier trainer's default model_kwargs (SAN below 128 px: a 3x3 last-stage footprint) come from the SAN
+    family's record, not from a SAN branch in the trainer."""
+    from relzoo.registry import recommended_model_kwargs
+    from relzoo.train import ClassifierTrainingArguments
+    from relzoo.train.classification import resolve_model_kwargs
+
+    assert recommended_model_kwargs("san10_pair", 64) == {"kernels": [3, 7, 7, 7, 3]}
+    assert recommended_model_kwargs("san10_pair", 128) == {} and recommended_model_kwargs("resnet18", 32) == {}
+    args = ClassifierTrainingArguments(model="san10_patch", image_size=96, output_dir="unused")
+    assert resolve_model_kwargs(args) == {"kernels": [3, 7, 7, 7, 3]}
+    assert resolve_model_kwargs(ClassifierTrainingArguments(model="san10_patch", image_size=96, output_dir="unused",
+                                                            model_kwargs='{"kernels": [3, 3, 3, 3, 3]}')) == {
+        "kernels": [3, 3, 3, 3, 3]}

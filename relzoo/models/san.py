@@ -775,6 +775,11 @@ def san_image_processor(image_size: int = 224, crop_pct: float = 0.875, mean=IMA
                                   image_std=list(std), resample=2)
 
 
+def small_image_kwargs(model_name: str, image_size: int) -> dict:
+    """Below 128 px a registered SAN gets a 3x3 last-stage footprint, so that reflection padding fits its 4x4 map."""
+    return {"kernels": [3, 7, 7, 7, 3]} if model_name in SAN_VARIANTS and image_size < 128 else {}
+
+
 SAN_PAPER = "Zhao, Jia and Koltun, *Exploring Self-attention for Image Recognition*, CVPR 2020 (arXiv:2004.13621)"
 
 
@@ -787,7 +792,8 @@ def _register_auto_classes() -> None:
     register_family(Family(name="san", title="SAN (pairwise / patchwise self-attention networks)",
                            config_class=SANConfig, model_class=SANForImageClassification, task="image-classification",
                            paper=SAN_PAPER, hub="relzoo.models.san_hub", timm_class=SAN,
-                           train_script="scripts/train_classifier.py", benchmark="relzoo.benchmarks.san"))
+                           train_script="scripts/train_classifier.py", benchmark="relzoo.benchmarks.san",
+                           model_kwargs_for=small_image_kwargs))
 
 
 _register_auto_classes()

@@ -256,14 +256,15 @@ def _field_default(args, name: str):
 
 
 def resolve_model_kwargs(args: ClassifierTrainingArguments) -> dict:
-    """``model_kwargs`` as a dict; see the field's help for the default."""
+    """``model_kwargs`` as a dict; without it, what the model's family recommends at this image size (see the
+    field's help)."""
     if args.model_kwargs is not None:
         return json.loads(args.model_kwargs)
-    from ..models.san import SAN_VARIANTS
+    import relzoo  # noqa: F401  (registers the families)
 
-    if args.model in SAN_VARIANTS and args.image_size < 128:
-        return {"kernels": [3, 7, 7, 7, 3]}
-    return {}
+    from ..registry import recommended_model_kwargs
+
+    return recommended_model_kwargs(args.model, args.image_size)
 
 
 def recalibrate_batchnorm(model, dataloader, num_batches: int, accelerator) -> None:
