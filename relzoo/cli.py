@@ -13,14 +13,15 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import relzoo  # noqa: F401  (registers the families)
 
-    from .registry import family_names
+    from .registry import families
     from .variants import list_models, load_variant
 
     parser = argparse.ArgumentParser(prog="relzoo", description="relzoo's published variants",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="every variant, its parameters, Hub repo and weights")
-    listing.add_argument("--family", help=f"only this family ({', '.join(family_names())})")
+    listing.add_argument("--family", help="only this family: " + "; ".join(f"{f.name} = {f.title}"
+                                                                          for f in families()))
     listing.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     show = commands.add_parser("show", help="one variant's hub_configs file")
     show.add_argument("variant")

@@ -212,8 +212,9 @@ def warn_if_unsettled(features: torch.Tensor) -> bool:
     overflows). Warn with the remedy; returns whether it warned. Reads one value back from the device."""
     if features.numel() == 0:                                 # an empty batch: nothing to check
         return False
-    largest = features.detach().abs().amax()
-    if not bool(largest <= UNSETTLED_FEATURE_LIMIT):          # NaN compares False too
+    low, high = torch.aminmax(features.detach())              # one pass, no copy of the features
+    largest = torch.maximum(high, -low)                       # NaN propagates, and compares False below
+    if not bool(largest <= UNSETTLED_FEATURE_LIMIT):
         warnings.warn(UNSETTLED_BN_WARNING.format(largest=float(largest)), RuntimeWarning, stacklevel=4)
         return True
     return False
