@@ -4,6 +4,8 @@
     python scripts/benchmark.py san              # the full SAN tables (about 15 minutes on 2 CPU cores)
     python scripts/benchmark.py san --quick      # tiny shapes, to check the script itself
     python scripts/benchmark.py san --compile    # torch.compile cold start and compiled speed (about 8 minutes)
+    python scripts/benchmark.py san --skip_operators --timm_benchmark ../pytorch-image-models/benchmark.py
+                                                 # the model table beside timm's own benchmark.py, same rounds
     python scripts/benchmark.py ctx              # CrossTransformers head and whole episodes, fast vs reference
     python scripts/benchmark.py hsnet            # centre-pivot vs dense 4D conv; HSNet-ResNet50 episodes vs the
                                                  # official computation order (about 5 minutes on 2 CPU cores)
@@ -41,16 +43,26 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", choices=list(available), help="which benchmark to run")
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks the script, not the speed")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 7, quick 1)")
-    parser.add_argument("--train_repeats", type=int, default=None, help="training-step repeats (default 3, quick 1)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats, or rounds of the model tables (default 7, quick 1)")
+    parser.add_argument("--train_repeats", type=int, default=None,
+                        help="training-step repeats or rounds (default 3, quick 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
-    with_compile = [n for n, m in available.items() if "compile" in getattr(m, "OPTIONS", ())]
-    parser.add_argument("--compile", action="store_true",
-                        help=f"only the torch.compile cold-start table ({', '.join(with_compile)})")
+    owners = {}   # option dest -> the benchmark that defines it
+    for name, module in available.items():
+        if hasattr(module, "add_arguments"):
+            group = parser.add_argument_group(f"{name} options")
+            before = {a.dest for a in parser._actions}
+            module.add_arguments(group)
+            owners.update({a.dest: (name, a) for a in parser._actions if a.dest not in before})
     args = parser.parse_args(argv)
-    if args.compile and args.family not in with_compile:
-        parser.error(f"--compile is for {', '.join(with_compile)}, got it with {args.family}")
+    for dest, (owner, action) in owners.items():
+        if owner != args.family and getattr(args, dest) != action.default:
+            parser.error(f"{action.option_strings[0]} is for {owner}, got it with {args.family}")
+    for dest in ("repeats", "train_repeats"):
+        if getattr(args, dest) is not None and getattr(args, dest) < 1:
+            parser.error(f"--{dest} must be at least 1, got {getattr(args, dest)}")
     repeats = args.repeats or (1 if args.quick else 7)
     train_repeats = args.train_repeats or (1 if args.quick else 3)
     device = torch.device(args.device)

@@ -71,3 +71,77 @@ def test_benchmark_plugins_quick_runs():
     assert all(r["identical_inference"] and r["same_inference_ops"] for r in rows)   # zero inference change
     assert all(r["train_ms"] > 0 and r["train_peak_mib"] > 0 for r in rows)
     assert [r["plugin_params"] > 0 for r in rows] == [False, True, True, True] * 2
+
+
+STAND_IN_TIMM_BENCHMARK = '''
+import argparse, json
+import timm, torch
+p = argparse.ArgumentParser()
+for a in ("--model", "--bench", "--device"):
+    p.add_argument(a)
+for a in ("-b", "--img-size", "--num-warm-iter", "--num-bench-iter"):
+    p.add_argument(a, type=int)
+p.add_argument("--no-retry", action="store_true")
+a = p.parse_args()
+m = timm.create_model(a.model).eval()          # only relzoo's registration makes a SAN name known to timm
+with torch.inference_mode():
+    m(torch.randn(a.b, 3, a.img_size, a.img_size))
+speed = {"san10_pair": 2.0, "resnet26": 8.0}[a.model]
+print("log lines first")
+print("--result\\n" + json.dumps({"model": a.model, "infer_samples_per_sec": speed, "train_samples_per_sec": speed / 4,
+                                   "argv": vars(a)}))
+'''
+
+
+def test_side_by_side_with_timms_benchmark_script(tmp_path):
+    """--timm_benchmark runs the given benchmark.py (timm's own, from a pytorch-image-models checkout; a stand-in
+    with the same command line and output protocol here) once per model per round with relzoo registered, and
+    takes its ratios within each round; the table puts them beside relzoo's."""
+    import runpy
+
+    script = tmp_path / "benchmark.py"
+    script.write_text(STAND_IN_TIMM_BENCHMARK)
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    result = main(["san", "--quick", "--skip_operators", "--models", "san10_pair", "resnet26",
+                   "--timm_benchmark", str(script), "--timm_iters", "1", "2"])
+    assert result["aggregation"] == [] and result["attention"] == []
+    rows = {r["model"]: r for r in result["timm"]}
+    assert set(rows) == {"san10_pair", "resnet26"}
+    assert rows["san10_pair"]["infer_vs_baseline"] == 0.25 and rows["san10_pair"]["train_vs_baseline"] == 0.25
+    assert rows["san10_pair"]["infer_images_per_s_range"] == (2.0, 2.0) and rows["san10_pair"]["rounds"] == 1
+    ours = {r["model"]: r for r in result["models"]}
+    low, high = ours["san10_pair"]["vs_baseline_range"]
+    assert low <= ours["san10_pair"]["vs_baseline"] <= high
+
+
+def test_benchmark_options_belong_to_their_benchmark(capsys):
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    with pytest.raises(SystemExit):
+        main(["ctx", "--quick", "--compile"])
+    assert "--compile is for san, got it with ctx" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["san", "--quick", "--repeats", "0"])
+    assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--timm_benchmark must be timm's benchmark.py file, got 'nowhere.py'"):
+        main(["san", "--quick", "--timm_benchmark", "nowhere.py"])
+    with pytest.raises(SystemExit, match="--burst must be at least 1, got 0"):
+        main(["san", "--quick", "--burst", "0"])
+
+
+def test_timm_scripts_runner_passes_the_arguments_and_runs_as_main(tmp_path, capsys, monkeypatch):
+    """``python -m relzoo.timm_scripts SCRIPT ARGS`` (used by the side-by-side test in a real subprocess, where the
+    stand-in's create_model of a SAN name proves the registration)."""
+    import sys
+
+    from relzoo.timm_scripts import run_script
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    script = tmp_path / "probe.py"
+    script.write_text("import sys, timm\nprint(sys.argv[1:], timm.is_model('san10_patch'), __name__)\n")
+    run_script(str(script), ["--model", "x", "-b", "2"])
+    assert capsys.readouterr().out.strip() == "['--model', 'x', '-b', '2'] True __main__"
+    with pytest.raises(SystemExit, match="must be an existing .py file.*missing.py"):
+        run_script(str(tmp_path / "missing.py"), [])

@@ -11,7 +11,8 @@ import time
 
 import torch
 
-__all__ = ['peak_memory_bytes', 'peak_tracked_bytes', 'timed_medians', 'sync_for']
+__all__ = ['peak_memory_bytes', 'peak_tracked_bytes', 'timed_medians', 'interleaved_bursts', 'spread',
+           'ratios', 'sync_for']
 
 
 def peak_memory_bytes(fn) -> int:
@@ -53,6 +54,40 @@ def timed_medians(fns: dict, repeats: int, sync=lambda: None) -> dict:
             sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def interleaved_bursts(fns: dict, rounds: int, burst: int, warmup: int = 1, sync=lambda: None) -> dict:
+    """Seconds per call of each callable in every round: ``{name: [mean over the round's burst, ...]}``.
+
+    A round runs ``burst`` consecutive calls of each callable in turn (steady state within a model, as timm's
+    benchmark.py measures), and the order rotates from round to round, so that drift of a noisy machine reaches every
+    callable alike and ratios can be taken within one round. ``warmup`` calls of each precede the first round.
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(burst):
+                fns[name]()
+            sync()
+            times[name].append((time.perf_counter() - t0) / burst)
+    return times
+
+
+def spread(values) -> tuple[float, float, float]:
+    """(median, min, max) of a list of per-round measurements."""
+    values = list(values)
+    return statistics.median(values), min(values), max(values)
+
+
+def ratios(candidate: list[float], reference: list[float]) -> list[float]:
+    """Per-round speed ratios ``reference time / candidate time`` (> 1: the candidate is faster)."""
+    return [r / c for c, r in zip(candidate, reference)]
 
 
 def sync_for(device):

@@ -15,10 +15,9 @@ import time
 
 import torch
 
-from .common import peak_memory_bytes, sync_for, timed_medians
+from .common import interleaved_bursts, peak_memory_bytes, ratios, spread, sync_for, timed_medians
 
 NAME = "san"
-OPTIONS = ("compile",)   # --compile: the cold-start table
 DESCRIPTION = "SAN operators and san10 models against resnet50 (about 15 minutes on 2 CPU cores); --compile: cold starts"
 
 
@@ -80,33 +79,43 @@ def bench_attention(device, repeats: int, quick: bool) -> list[dict]:
     return rows
 
 
-def bench_models(device, repeats: int, train_repeats: int, quick: bool, batch: int, size: int) -> list[dict]:
-    """Inference (``torch.no_grad``) and training steps (forward + backward + SGD step) of whole models, as ratios
-    against resnet50 (resnet26 in quick mode) measured in the same run, with peak memory of both."""
+MODELS = [("san10_pair", {}), ("san10_patch", {}), ("san15_pair", {}), ("san15_patch", {}), ("san19_pair", {}),
+          ("san19_patch", {}), ("san10_pair", "unfused"), ("san10_patch", "unfused"),
+          ("san10_pair", {"implementation": "reference"}), ("san10_patch", {"implementation": "reference"}),
+          ("resnet26", {}), ("resnet50", {})]
+QUICK_MODELS = [("san10_pair", {}), ("san10_pair", "unfused"), ("san10_patch", {"implementation": "reference"}),
+                ("resnet26", {})]
+TIMM_MODELS = ["san10_pair", "san10_patch", "resnet26", "resnet50"]
+
+
+def bench_models(device, rounds: int, train_rounds: int, quick: bool, batch: int, size: int, burst: int = 3,
+                 train_burst: int = 2, names: list[str] | None = None) -> list[dict]:
+    """Inference (``torch.inference_mode``, as timm's benchmark.py) and training steps (forward + backward + SGD
+    step) of whole models, against resnet50 (resnet26 in quick mode) in the same rounds, with peak memory of both.
+
+    Each round runs ``burst`` consecutive steps of every model in turn (rotating order); a row's throughput is the
+    median over rounds, its ratio the median of the per-round ratios, and both carry their min-max over rounds."""
     import timm
 
     import relzoo  # noqa: F401
     from relzoo.layers import set_fused_inference
 
-    models = [("san10_pair", {}), ("san10_patch", {}), ("san15_pair", {}), ("san15_patch", {}), ("san19_pair", {}),
-              ("san19_patch", {}), ("san10_pair", "unfused"), ("san10_patch", "unfused"),
-              ("san10_pair", {"implementation": "reference"}), ("san10_patch", {"implementation": "reference"}),
-              ("resnet26", {}), ("resnet50", {})]
-    if quick:
-        models = [("san10_pair", {}), ("san10_pair", "unfused"), ("san10_patch", {"implementation": "reference"}),
-                  ("resnet26", {})]
+    models = QUICK_MODELS if quick else MODELS
+    if names:
+        models = [(n, {}) for n in names]
     built = {}
     for name, kw in models:
         label = name + (" (unfused attention)" if kw == "unfused" else " (reference ops)" if kw else "")
         model = timm.create_model(name, **(kw if isinstance(kw, dict) else {})).to(device).eval()
         built[label] = set_fused_inference(model, kw != "unfused")
+    base = "resnet50" if "resnet50" in built else "resnet26" if "resnet26" in built else next(iter(built))
     trains = {k for k in built if "unfused" not in k}  # training never runs the fused inference paths
     x = torch.randn(batch, 3, size, size, device=device)
     target = torch.randint(0, 1000, (batch,), device=device)
 
     def infer(m):
         def f():
-            with torch.no_grad():
+            with torch.inference_mode():
                 m(x)
         return f
 
@@ -123,18 +132,60 @@ def bench_models(device, repeats: int, train_repeats: int, quick: bool, batch: i
             m.eval()
         return f
 
-    t_inf = timed_medians({k: infer(m) for k, m in built.items()}, repeats, sync_for(device))
-    t_train = timed_medians({k: train_step(k) for k in built if k in trains}, train_repeats, sync_for(device))
-    base = "resnet50" if "resnet50" in built else "resnet26"
+    sync = sync_for(device)
+    t_inf = interleaved_bursts({k: infer(m) for k, m in built.items()}, rounds, burst, warmup=2, sync=sync)
+    t_train = interleaved_bursts({k: train_step(k) for k in built if k in trains}, train_rounds, train_burst,
+                                 warmup=1, sync=sync)
     rows = []
     for k, m in built.items():
-        inf_mem = peak_memory_bytes(infer(m))
-        row = dict(model=k, params_m=sum(p.numel() for p in m.parameters()) / 1e6, images_per_s=batch / t_inf[k],
-                   vs_baseline=t_inf[base] / t_inf[k], inference_peak_mib=inf_mem / 2**20, baseline=base)
+        speed, ratio = spread(batch / t for t in t_inf[k]), spread(ratios(t_inf[k], t_inf[base]))
+        row = dict(model=k, batch=batch, params_m=sum(p.numel() for p in m.parameters()) / 1e6,
+                   images_per_s=speed[0], images_per_s_range=speed[1:], vs_baseline=ratio[0],
+                   vs_baseline_range=ratio[1:], inference_peak_mib=peak_memory_bytes(infer(m)) / 2**20, baseline=base)
         if k in trains:
-            row.update(train_images_per_s=batch / t_train[k], train_vs_baseline=t_train[base] / t_train[k],
+            speed, ratio = spread(batch / t for t in t_train[k]), spread(ratios(t_train[k], t_train[base]))
+            row.update(train_images_per_s=speed[0], train_images_per_s_range=speed[1:], train_vs_baseline=ratio[0],
+                       train_vs_baseline_range=ratio[1:],
                        train_step_peak_mib=peak_memory_bytes(train_step(k)) / 2**20)
         m.zero_grad(set_to_none=True)
+        rows.append(row)
+    return rows
+
+
+def timm_benchmark_once(script: str, model: str, batch: int, size: int, device, warm: int, iters: int,
+                        bench: str = "both") -> dict:
+    """One run of timm's own benchmark.py (in a fresh process, relzoo imported first): its result dictionary."""
+    cmd = [sys.executable, "-m", "relzoo.timm_scripts", script, "--model", model, "--bench", bench, "-b", str(batch),
+           "--img-size", str(size), "--device", str(device), "--num-warm-iter", str(warm), "--num-bench-iter",
+           str(iters), "--no-retry"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or "--result" not in proc.stdout:
+        raise RuntimeError(f"timm's benchmark.py failed on {model} (exit {proc.returncode}): {' '.join(cmd)}\n"
+                           f"{(proc.stderr or proc.stdout)[-3000:]}")
+    result = json.loads(proc.stdout.split("--result", 1)[1])
+    if "error" in result:
+        raise RuntimeError(f"timm's benchmark.py reported an error on {model}: {result['error']}")
+    return result
+
+
+def bench_timm(script: str, device, names: list[str], batch: int, size: int, rounds: int, warm: int,
+               iters: int) -> list[dict]:
+    """timm's own benchmark.py (``--bench both``) on each model, one process per model per round, rounds interleaved
+    with rotating order; ratios against resnet50 (else the last model) are taken within each round."""
+    runs = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runs[name].append(timm_benchmark_once(script, name, batch, size, device, warm, iters))
+    base = "resnet50" if "resnet50" in names else names[-1]
+    rows = []
+    for name in names:
+        row = dict(model=name, batch=batch, baseline=base, rounds=rounds, warm_iter=warm, bench_iter=iters)
+        for mode in ("infer", "train"):
+            speed = [run[f"{mode}_samples_per_sec"] for run in runs[name]]
+            median, low, high = spread(speed)
+            row.update({f"{mode}_images_per_s": median, f"{mode}_images_per_s_range": (low, high)})
+            median, low, high = spread(s / b[f"{mode}_samples_per_sec"] for s, b in zip(speed, runs[base]))
+            row.update({f"{mode}_vs_baseline": median, f"{mode}_vs_baseline_range": (low, high)})
         rows.append(row)
     return rows
 
@@ -197,27 +248,69 @@ def bench_compile(device, quick: bool, batch: int, size: int, repeats: int) -> l
 
 
 def markdown(agg: list[dict], attention: list[dict], models: list[dict], meta: dict) -> str:
-    lines = [f"Device: {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | "
-             f"{meta['repeats']} interleaved repeats (median; training steps: {meta['train_repeats']})", "",
-             "| aggregation fwd+bwd | fast ms | reference ms | speed-up | fast peak MiB | reference peak MiB | "
-             "memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Device: {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | operators: medians of "
+             f"{meta['repeats']} interleaved repeats | models: {meta['repeats']} rounds of {meta['burst']} steps each "
+             f"(training steps: {meta['train_repeats']} rounds of {meta['train_burst']}), rotating order, medians "
+             f"(min–max over rounds)"]
+    if agg:
+        lines += ["", "| aggregation fwd+bwd | fast ms | reference ms | speed-up | fast peak MiB | reference peak MiB | "
+                  "memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in agg:
         lines.append(f"| {r['shape']} | {r['fast_ms']:.1f} | {r['reference_ms']:.1f} | **{r['speedup']:.1f}x** | "
                      f"{r['fast_peak_mib']:.1f} | {r['reference_peak_mib']:.1f} | **{r['memory_ratio']:.1f}x** |")
-    lines += ["", "| pairwise attention, inference | fused ms | unfused ms | speed-up | fused peak MiB | "
-              "unfused peak MiB | memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    if attention:
+        lines += ["", "| pairwise attention, inference | fused ms | unfused ms | speed-up | fused peak MiB | "
+                  "unfused peak MiB | memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in attention:
         lines.append(f"| {r['shape']} | {r['fused_ms']:.1f} | {r['unfused_ms']:.1f} | **{r['speedup']:.1f}x** | "
                      f"{r['fused_peak_mib']:.1f} | {r['unfused_peak_mib']:.1f} | **{r['memory_ratio']:.1f}x** |")
+    if models:
+        lines += ["", models_markdown(models, meta)]
+    return "\n".join(lines)
+
+
+def _ranged(value: float, low_high, digits: int, unit: str = "") -> str:
+    low, high = low_high
+    return f"{value:.{digits}f}{unit} ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def models_markdown(models: list[dict], meta: dict) -> str:
+    """relzoo's model table: medians over rounds with (min–max over rounds)."""
     base = models[0]["baseline"] if models else "resnet50"
-    lines += ["", f"| model (batch {meta['batch']}, {meta['size']} px) | params (M) | inference img/s | vs {base} | "
-              f"inference peak MiB | train img/s | vs {base} | train-step peak MiB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| model (batch {models[0]['batch'] if models else meta['batch']}, {meta['size']} px) | params (M) | "
+             f"inference img/s | vs {base} | inference peak MiB | train img/s | vs {base} | train-step peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in models:
-        train = (f"{r['train_images_per_s']:.2f} | {r['train_vs_baseline']:.2f}x | {r['train_step_peak_mib']:.0f}"
-                 if "train_images_per_s" in r else "= fused | | ")
-        lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['images_per_s']:.2f} | {r['vs_baseline']:.2f}x | "
-                     f"{r['inference_peak_mib']:.0f} | {train} |")
+        train = (f"{_ranged(r['train_images_per_s'], r['train_images_per_s_range'], 2)} | "
+                 f"{_ranged(r['train_vs_baseline'], r['train_vs_baseline_range'], 2, 'x')} | "
+                 f"{r['train_step_peak_mib']:.0f}" if "train_images_per_s" in r else "= fused | | ")
+        lines.append(f"| {r['model']} | {r['params_m']:.1f} | {_ranged(r['images_per_s'], r['images_per_s_range'], 2)} "
+                     f"| {_ranged(r['vs_baseline'], r['vs_baseline_range'], 2, 'x')} | {r['inference_peak_mib']:.0f} "
+                     f"| {train} |")
+    return "\n".join(lines)
+
+
+def side_by_side_markdown(models: list[dict], timm_rows: list[dict], meta: dict) -> str:
+    """relzoo's benchmark and timm's benchmark.py on the same models in the same run: ratios with their spreads."""
+    ours = {r["model"]: r for r in models}
+    t0 = timm_rows[0]
+    base = t0["baseline"]
+    lines = [f"timm's benchmark.py: `--bench both -b {t0['batch']} --img-size {meta['size']} --num-warm-iter "
+             f"{t0['warm_iter']} --num-bench-iter {t0['bench_iter']}`, one process per model per round, "
+             f"{t0['rounds']} rounds, rotating order, ratios taken within each round (as relzoo's); medians "
+             f"(min–max over rounds)", "",
+             f"| model (batch {t0['batch']}) | relzoo inference vs {base} | timm inference vs {base} | "
+             f"relzoo train vs {base} | timm train vs {base} | timm inference img/s | timm train img/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in timm_rows:
+        o = ours.get(r["model"])
+        mine = (_ranged(o["vs_baseline"], o["vs_baseline_range"], 2, "x") if o else "",
+                _ranged(o["train_vs_baseline"], o["train_vs_baseline_range"], 2, "x") if o and
+                "train_vs_baseline" in o else "")
+        lines.append(f"| {r['model']} | {mine[0]} | {_ranged(r['infer_vs_baseline'], r['infer_vs_baseline_range'], 2, 'x')}"
+                     f" | {mine[1]} | {_ranged(r['train_vs_baseline'], r['train_vs_baseline_range'], 2, 'x')} | "
+                     f"{_ranged(r['infer_images_per_s'], r['infer_images_per_s_range'], 2)} | "
+                     f"{_ranged(r['train_images_per_s'], r['train_images_per_s_range'], 2)} |")
     return "\n".join(lines)
 
 
@@ -235,6 +328,23 @@ def compile_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(group) -> None:
+    """The SAN benchmark's own options (``scripts/benchmark.py san ...``)."""
+    group.add_argument("--compile", action="store_true", help="only the torch.compile cold-start table")
+    group.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                       help="timm names for the model table (default: SAN10/15/19, unfused and reference-operator "
+                            "rows, resnet26, resnet50); ratios are against resnet50 when it is listed")
+    group.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes of the model table (default 8)")
+    group.add_argument("--burst", type=int, default=None,
+                       help="consecutive steps of a model in each round (default 3, training steps 2; quick 1)")
+    group.add_argument("--skip_operators", action="store_true", help="only the model tables")
+    group.add_argument("--timm_benchmark", default=None, metavar="PATH",
+                       help="benchmark.py of a pytorch-image-models checkout: also run timm's own benchmark on "
+                            f"{', '.join(TIMM_MODELS)} (or --models), interleaved, and print both side by side")
+    group.add_argument("--timm_iters", type=int, nargs=2, default=(3, 8), metavar=("WARM", "BENCH"),
+                       help="timm benchmark.py's --num-warm-iter and --num-bench-iter (default 3 8)")
+
+
 def run(args, device: torch.device, meta: dict) -> tuple[dict, str]:
     """The SAN tables (or, with ``args.compile``, the cold-start table): the result rows and their Markdown."""
     if args.compile:
@@ -242,11 +352,32 @@ def run(args, device: torch.device, meta: dict) -> tuple[dict, str]:
         rows = bench_compile(device, args.quick, batch, meta["size"], repeats)
         meta = dict(meta, batch=batch)
         return dict(meta=meta, compile=rows), compile_markdown(rows, meta)
+    for name in ("burst", "timm_iters", "batch"):
+        value = getattr(args, name)
+        if value is not None and min([value] if isinstance(value, int) else value) < 1:
+            raise SystemExit(f"benchmark.py san: error: --{name} must be at least 1, got {value}")
+    if args.timm_benchmark and not os.path.isfile(args.timm_benchmark):
+        raise SystemExit(f"benchmark.py san: error: --timm_benchmark must be timm's benchmark.py file, got "
+                         f"{args.timm_benchmark!r} (not a file)")
+    burst = args.burst or (1 if args.quick else 3)
+    meta = dict(meta, burst=burst, train_burst=args.burst or (1 if args.quick else 2))
     torch.manual_seed(0)
-    agg = bench_aggregation(device, meta["repeats"], args.quick)
-    attention = bench_attention(device, meta["repeats"], args.quick)
-    models = bench_models(device, meta["repeats"], meta["train_repeats"], args.quick, meta["batch"], meta["size"])
-    return dict(meta=meta, aggregation=agg, attention=attention, models=models), markdown(agg, attention, models, meta)
+    agg = [] if args.skip_operators else bench_aggregation(device, meta["repeats"], args.quick)
+    attention = [] if args.skip_operators else bench_attention(device, meta["repeats"], args.quick)
+    result = dict(meta=meta, aggregation=agg, attention=attention, models=[], timm=[])
+    tables = []
+    for batch in args.batch or [meta["batch"]]:
+        models = bench_models(device, meta["repeats"], meta["train_repeats"], args.quick, batch, meta["size"], burst,
+                              meta["train_burst"], args.models)
+        result["models"] += models
+        tables.append(models_markdown(models, meta))
+        if args.timm_benchmark:
+            names = args.models or (["san10_pair", "resnet26"] if args.quick else TIMM_MODELS)
+            timm_rows = bench_timm(args.timm_benchmark, device, names, batch, meta["size"], meta["train_repeats"],
+                                   *args.timm_iters)
+            result["timm"] += timm_rows
+            tables.append(side_by_side_markdown(models, timm_rows, meta))
+    return result, "\n\n".join([markdown(agg, attention, [], meta)] + tables)
 
 
 if __name__ == "__main__":   # one compile measurement, in the fresh process bench_compile starts
