@@ -2,7 +2,7 @@
 """Convert an official checkpoint into a Hub-ready folder (config.json for timm and transformers, model.safetensors,
 preprocessor config, model card, remote code), the one entry point for every family with released weights.
 
-    python scripts/convert.py san --variant san10_patch --checkpoint model_best.pth --output san10_patch.in1k
+    python scripts/convert.py san --architecture san10_patch --checkpoint model_best.pth --output san10_patch.in1k
     python scripts/convert.py hsnet --backbone resnet50 --checkpoint best_model.pt --output hsnet-resnet50-fold0
 
 One sub-command per family whose hub module (relzoo/models/<family>_hub.py) declares a converter; `--help` after a

@@ -9,7 +9,14 @@ from timm.models import group_parameters
 
 import relzoo
 from relzoo import SANConfig, SANForImageClassification, SANModel
-from relzoo.models.san import HUB_REPOS, SAN_VARIANTS, checkpoint_filter_fn, min_input_size, official_to_timm_key
+from relzoo.models.san import (
+    HUB_REPOS,
+    SAN_ARCHITECTURES,
+    SAN_VARIANTS,
+    checkpoint_filter_fn,
+    min_input_size,
+    official_to_timm_key,
+)
 
 OFFICIAL = {  # params at 1000 classes, state_dict entries (brief 1.6 / 1.7)
     "san10_pair": (10_531_848, 368), "san10_patch": (11_841_124, 348), "san15_pair": (14_065_436, 533),
@@ -202,7 +209,7 @@ def test_bad_input_errors_name_the_problem():
 
 
 def test_pretrained_without_weights_fails_fast_with_instructions():
-    with pytest.raises(RuntimeError, match="scripts/convert.py san --variant san10_patch"):
+    with pytest.raises(RuntimeError, match="scripts/convert.py san --architecture san10_patch"):
         timm.create_model("san10_patch", pretrained=True)
 
 
@@ -220,7 +227,9 @@ def test_pretrained_from_local_file_and_head_adaptation(tmp_path):
 
 
 def test_config_validation_and_serialisation():
-    cfg = SANConfig.from_variant("san15_pair", num_labels=4)
+    cfg = SANConfig.from_architecture("san15_pair", num_labels=4)
+    assert SANConfig.from_variant("san15_pair", num_labels=4).to_dict() == cfg.to_dict()  # the former name
+    assert SAN_VARIANTS is SAN_ARCHITECTURES
     assert cfg.layers == [3, 2, 3, 5, 2] and cfg.sa_type == "pairwise" and cfg.num_labels == 4
     again = SANConfig.from_dict(json.loads(cfg.to_json_string()))
     assert again.to_timm_kwargs() == cfg.to_timm_kwargs()
@@ -230,8 +239,8 @@ def test_config_validation_and_serialisation():
         SANConfig(sa_type="patchwise", relation="subtraction")
     with pytest.raises(ValueError, match="same length"):
         SANConfig(layers=[1, 1], kernels=[3, 7, 7, 7, 7])
-    with pytest.raises(ValueError, match="`variant`"):
-        SANConfig.from_variant("san11_pair")
+    with pytest.raises(ValueError, match="`architecture` must be one of .*got 'san11_pair'"):
+        SANConfig.from_architecture("san11_pair")
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -352,8 +361,8 @@ def test_convert_official_checkpoint(tmp_path, variant):
     ckpt = tmp_path / "model_best.pth"
     torch.save({"epoch": 100, "state_dict": official, "top1_val": 0.77}, ckpt)
     out = tmp_path / "converted"
-    subprocess.run([sys.executable, "scripts/convert.py", "san", "--variant", variant, "--checkpoint", str(ckpt),
-                    "--output", str(out)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "scripts/convert.py", "san", "--architecture", variant, "--checkpoint",
+                    str(ckpt), "--output", str(out)], check=True, capture_output=True)
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json",
                                                "README.md", "checksums.json"}
     hf = SANForImageClassification.from_pretrained(out).eval()
@@ -385,10 +394,10 @@ def test_convert_rejects_wrong_variant_naming_the_file_keys(tmp_path):
     message = str(err.value)
     assert "module.layer0.0.sam.conv_w.0.weight: expected (40,), found (6,)" in message  # the file's own names
     assert "unexpected (module.layer0.0.sam.conv_p.weight;" in message
-    assert "It matches san10_pair: pass --variant san10_pair." in message and "\n" not in message
+    assert "It matches san10_pair: pass --architecture san10_pair." in message and "\n" not in message
     assert not (tmp_path / "out").exists()
     proc = subprocess.run([sys.executable, "scripts/convert.py", "san", "--variant", "san10_patch", "--checkpoint",
-                           str(ckpt), "--output", str(tmp_path / "out")], capture_output=True, text=True)
+                           str(ckpt), "--output", str(tmp_path / "out")], capture_output=True, text=True)  # former flag
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("convert.py san: error: checkpoint") and proc.stderr.count("\n") == 1
 

@@ -24,6 +24,7 @@ from .hsnet import (
 )
 from .san import (
                   SAN,
+                  SAN_ARCHITECTURES,
                   SAN_VARIANTS,
                   SANConfig,
                   SANForImageClassification,
@@ -35,7 +36,8 @@ from .san import (
 __all__ = ["APINetConfig", "APINetForImageClassification", "add_apinet", "apinet_training_loss", "remove_apinet",
            "BatchFormerConfig", "BatchFormerForImageClassification", "add_batchformer", "batchformer_targets",
            "remove_batchformer",
-           "SAN", "SAN_VARIANTS", "AutoModelForFewShotClassification", "AutoModelForFewShotSegmentation",
+           "SAN", "SAN_ARCHITECTURES", "SAN_VARIANTS", "AutoModelForFewShotClassification",
+           "AutoModelForFewShotSegmentation",
            "FewShotSegmentationOutput", "HSNetConfig", "HSNetForFewShotSegmentation", "CrossTransformerConfig",
            "CrossTransformerForFewShotClassification", "FewShotClassifierOutput", "ProtoNetConfig",
            "ProtoNetForFewShotClassification", "SANConfig", "SANForImageClassification", "SANModel",

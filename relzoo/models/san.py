@@ -50,21 +50,25 @@ from .checksummed_loading import ChecksummedPretrainedMixin
 from .inputs import check_class_labels, check_finite, check_image_batch, class_names
 from .san_keys import checkpoint_filter_fn, official_to_timm_key, timm_to_official_key  # noqa: F401
 
-__all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_VARIANTS",
+__all__ = ["SAN", "SANConfig", "SANModel", "SANForImageClassification", "SANPreTrainedModel", "SAN_ARCHITECTURES",
+           "SAN_VARIANTS",
            "checkpoint_filter_fn", "official_to_timm_key", "min_input_size", "san_image_processor"]
 
 
 SAN_LAYERS = {"san10": (2, 1, 2, 4, 1), "san15": (3, 2, 3, 5, 2), "san19": (3, 3, 4, 6, 3)}
-SAN_VARIANTS = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
-                for depth, layers in SAN_LAYERS.items() for short, sa_type in (("pair", "pairwise"),
-                                                                                ("patch", "patchwise"))}
+#: The six SAN architectures (timm names) and their arguments. A *variant*, in relzoo, is a catalogue entry of
+#: hub_configs/ (an architecture + weights + preprocessing, e.g. ``san10_patch.in1k``), not one of these.
+SAN_ARCHITECTURES = {f"{depth}_{short}": dict(sa_type=sa_type, layers=layers)
+                     for depth, layers in SAN_LAYERS.items() for short, sa_type in (("pair", "pairwise"),
+                                                                                     ("patch", "patchwise"))}
+SAN_VARIANTS = SAN_ARCHITECTURES  # the name before relzoo gave "variant" one meaning; kept for existing code
 HUB_ORG = "relzoo"
 #: config.json keys timm reads, derived from the rest of a SANConfig (see SANConfig.timm_fields)
 TIMM_DERIVED_KEYS = ("architecture", "num_classes", "num_features", "model_args", "label_names",
                      "image_processor_type")
 #: Hub repos the converted official ImageNet weights will be published to (not uploaded yet, so the timm
-#: ``pretrained_cfg`` of every variant is the weightless ``.untrained`` tag and ``list_pretrained`` stays empty).
-HUB_REPOS = {variant: f"{HUB_ORG}/{variant}.in1k" for variant in SAN_VARIANTS}
+#: ``pretrained_cfg`` of every architecture is the weightless ``.untrained`` tag and ``list_pretrained`` stays empty).
+HUB_REPOS = {arch: f"{HUB_ORG}/{arch}.in1k" for arch in SAN_ARCHITECTURES}
 
 
 def _int(value) -> bool:
@@ -479,14 +483,14 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-# No weights are published yet: one weightless `.untrained` tag per variant (timm's convention), so that
+# No weights are published yet: one weightless `.untrained` tag per architecture (timm's convention), so that
 # `timm.list_pretrained()` does not claim weights that no one can download. `HUB_REPOS` keeps the repo ids.
 default_cfgs = generate_default_cfgs({
     f"{v}.untrained": _cfg(notes=(f"Weights not published yet (to come: {HUB_REPOS[v]}); convert the official "
-                                  "checkpoint with scripts/convert.py san.",)) for v in SAN_VARIANTS})
+                                  "checkpoint with scripts/convert.py san.",)) for v in SAN_ARCHITECTURES})
 
 
-def _resolve_pretrained(variant: str, kwargs: dict) -> None:
+def _resolve_pretrained(architecture: str, kwargs: dict) -> None:
     """Find the weights before building anything, so that a missing file fails at once with a useful message."""
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     given = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), dict) else {}
@@ -494,7 +498,7 @@ def _resolve_pretrained(variant: str, kwargs: dict) -> None:
         return  # a file or folder (timm's local-dir:) is given: timm reads it
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    repo = overlay.get("hf_hub_id") or given.get("hf_hub_id") or HUB_REPOS[variant]  # hf-hub:<repo> sets the second
+    repo = overlay.get("hf_hub_id") or given.get("hf_hub_id") or HUB_REPOS[architecture]  # hf-hub:<repo> sets the second
     cached = try_to_load_from_cache(repo, "model.safetensors")
     if isinstance(cached, str):
         kwargs["pretrained_cfg_overlay"] = {**overlay, "file": cached}
@@ -502,28 +506,28 @@ def _resolve_pretrained(variant: str, kwargs: dict) -> None:
     reason = hub_unreachable()
     if reason is not None:
         raise RuntimeError(not_reachable_message(
-            repo, reason, f"convert an official SAN checkpoint (`python scripts/convert.py san --variant {variant} "
-            f"--checkpoint model_best.pth --output DIR`) and load it with timm.create_model('local-dir:DIR', "
+            repo, reason, f"convert an official SAN checkpoint (`python scripts/convert.py san --architecture "
+            f"{architecture} --checkpoint model_best.pth --output DIR`) and load it with timm.create_model('local-dir:DIR', "
             f"pretrained=True) or SANForImageClassification.from_pretrained('DIR')"))
     try:
         path = hf_hub_download(repo, "model.safetensors", etag_timeout=5)
     except Exception as err:  # auth, missing repo or file: the weights are not there
-        raise RuntimeError(f"No pretrained weights for {variant!r} could be downloaded from {repo!r} "
+        raise RuntimeError(f"No pretrained weights for {architecture!r} could be downloaded from {repo!r} "
                            f"({type(err).__name__}: {err})") from err
     kwargs["pretrained_cfg_overlay"] = {**overlay, "file": path}
 
 
-def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
+def _create_san(architecture: str, pretrained: bool = False, **kwargs) -> SAN:
     if pretrained:
-        _resolve_pretrained(variant, kwargs)
+        _resolve_pretrained(architecture, kwargs)
         given = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), dict) else {}
         file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") or given.get("file")
         if file and os.path.isfile(file):  # a folder relzoo wrote lists its weights in checksums.json
             verify_checksums(os.path.dirname(file), only=[os.path.basename(file)], replaced_ok=True)
         elif file and os.path.isfile(os.path.join(file, "model.safetensors")):  # local-dir:<folder>
             verify_checksums(file, only=["model.safetensors"], replaced_ok=True)
-    model_args = dict(SAN_VARIANTS[variant], **kwargs)
-    return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+    model_args = dict(SAN_ARCHITECTURES[architecture], **kwargs)
+    return build_model_with_cfg(SAN, architecture, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True), **model_args)
 
 
@@ -630,7 +634,7 @@ class SANConfig(PreTrainedConfig):
 
     def timm_fields(self) -> dict:
         """What timm's ``hf-hub:`` / ``local-dir:`` loaders read: the registered architecture with this depth and
-        attention type (every other argument is in ``model_args``, which overrides the variant's), ``num_classes``
+        attention type (every other argument is in ``model_args``, which overrides the architecture's), ``num_classes``
         (kept out of ``model_args``: transformers' ``TimmWrapper`` would pass it twice) and ``pretrained_cfg``."""
         depth = next((d for d, layers in SAN_LAYERS.items() if tuple(layers) == tuple(self.layers)), "san10")
         architecture = f"{depth}_{'pair' if self.sa_type == 'pairwise' else 'patch'}"
@@ -669,11 +673,16 @@ class SANConfig(PreTrainedConfig):
         return cls(**args, **kwargs)
 
     @classmethod
+    def from_architecture(cls, architecture: str, **kwargs) -> "SANConfig":
+        """Config of a SAN architecture, e.g. `SANConfig.from_architecture("san10_patch", num_labels=10)`."""
+        if architecture not in SAN_ARCHITECTURES:
+            raise ValueError(f"`architecture` must be one of {sorted(SAN_ARCHITECTURES)}, got {architecture!r}")
+        return cls(**{**SAN_ARCHITECTURES[architecture], **kwargs})
+
+    @classmethod
     def from_variant(cls, variant: str, **kwargs) -> "SANConfig":
-        """Config of a registered variant, e.g. `SANConfig.from_variant("san10_patch", num_labels=10)`."""
-        if variant not in SAN_VARIANTS:
-            raise ValueError(f"`variant` must be one of {sorted(SAN_VARIANTS)}, got {variant!r}")
-        return cls(**{**SAN_VARIANTS[variant], **kwargs})
+        """Former name of :meth:`from_architecture` (kept for existing code)."""
+        return cls.from_architecture(variant, **kwargs)
 
 
 class SANPreTrainedModel(ChecksummedPretrainedMixin, PreTrainedModel):
@@ -778,7 +787,7 @@ def san_image_processor(image_size: int = 224, crop_pct: float = 0.875, mean=IMA
 
 def small_image_kwargs(model_name: str, image_size: int) -> dict:
     """Below 128 px a registered SAN gets a 3x3 last-stage footprint, so that reflection padding fits its 4x4 map."""
-    return {"kernels": [3, 7, 7, 7, 3]} if model_name in SAN_VARIANTS and image_size < 128 else {}
+    return {"kernels": [3, 7, 7, 7, 3]} if model_name in SAN_ARCHITECTURES and image_size < 128 else {}
 
 
 SAN_PAPER = "Zhao, Jia and Koltun, *Exploring Self-attention for Image Recognition*, CVPR 2020 (arXiv:2004.13621)"
