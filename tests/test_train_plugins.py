@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from relzoo.train import ClassifierTrainingArguments, train_classifier
-from relzoo.train.classification import ClassifierTrainingModule, default_plugin_after, shot_group_accuracy
+from relzoo.models.batchformer import default_plugin_after
+from relzoo.train.classification import ClassifierTrainingModule, shot_group_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")

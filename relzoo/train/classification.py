@@ -22,7 +22,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..models.batchformer import default_plugin_after  # noqa: F401  (importable from here too)
 from .arguments import RunArguments
 from .engine import (
     BadArgumentError,
