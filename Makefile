@@ -9,10 +9,11 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo demo-san demo-hsnet test test-fast lint bench bench-ctx bench-hsnet bench-plugins fewshot-table \
-	plugin-table fashion-mnist clean
+.PHONY: install demo demo-san demo-hsnet app browser test test-fast lint bench bench-ctx bench-hsnet bench-plugins \
+	fewshot-table plugin-table fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
+	$(MAKE) --no-print-directory browser
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -20,6 +21,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# headless Chromium + its WebDriver (Debian packages) for the app's browser tests
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium / chromedriver missing: run 'apt-get install -y chromium chromium-driver' as root" >&2; \
+	  exit 1; fi; \
+	fi
 
 # Fashion-MNIST comes from Debian's package `dataset-fashion-mnist` (idx files in /usr/share/datasets/fashion-mnist)
 fashion-mnist:
@@ -39,6 +49,15 @@ demo-san: install fashion-mnist
 demo-hsnet: install fashion-mnist
 	$(PY) scripts/finetune_hsnet.py --backbone resnet18 --pretrain_backbone_steps 1500 --max_steps 1000 \
 	  --checkpoint_every 500 --pictures 4 --output_dir outputs/demo-hsnet --overwrite
+
+# the browser app on 127.0.0.1 with the demo models (trained first when absent: about 10 + 15 minutes on 2 cores)
+app: install
+	@if [ ! -f outputs/demo/model/config.json ]; then echo "training the few-shot classification demo (make demo)"; \
+	  $(MAKE) --no-print-directory demo; fi
+	@if [ ! -f outputs/demo-hsnet/model/config.json ]; then echo "training the segmentation demo (make demo-hsnet)"; \
+	  $(MAKE) --no-print-directory demo-hsnet; fi
+	$(VENV)/bin/relzoo app --segmentation-model outputs/demo-hsnet/model --classification-model outputs/demo/model \
+	  --port $${PORT:-7860}
 
 fewshot-table: install fashion-mnist
 	$(PY) scripts/fewshot_table.py --output_dir outputs/fewshot_table

@@ -2,6 +2,7 @@
 
     relzoo list [--family san] [--json]     every variant: family, parameters, Hub repo, whether weights exist
     relzoo show VARIANT                     one variant's file (architecture, preprocessing, card metadata)
+    relzoo segment / classify / app         few-shot models on your own images (see `relzoo segment --help`)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import families
     from .variants import list_models, load_variant
 
-    parser = argparse.ArgumentParser(prog="relzoo", description="relzoo's published variants",
+    parser = argparse.ArgumentParser(prog="relzoo", description="relzoo's published variants and its few-shot models on your images",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="every variant, its parameters, Hub repo and weights")
@@ -25,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     show = commands.add_parser("show", help="one variant's hub_configs file")
     show.add_argument("variant")
+    from .app.commands import RUNNERS, add_parsers, run
+
+    add_parsers(commands)
     args = parser.parse_args(argv)
+    if args.command in RUNNERS:
+        return run(args, parser)
     try:
         if args.command == "list":
             rows = list_models(args.family)

@@ -6,6 +6,8 @@
     python scripts/push_to_hub.py --variant san10_patch.in1k --weights model_best.pth            # uploads
     python scripts/push_to_hub.py --variant resnet18_apinet.fashion-mnist --weights runs/apinet/model
     python scripts/push_to_hub.py --folder out/san10_patch --repo-id me/san10_patch                # a written folder
+    python scripts/push_to_hub.py --variant hsnet_resnet50.pascal5i --weights best_model.pt --space --dry-run out/hs
+                                                 # also the Space (app.py, requirements.txt) running relzoo's app
 
 --variant names a file of hub_configs/ (architecture, preprocessing, card metadata). --weights is an official
 checkpoint file (converted strictly by the family's converter: SAN model_best.pth, HSNet best_model.pt) or a relzoo
@@ -16,6 +18,9 @@ card, and is never uploaded.
 --dry-run OUT writes exactly the folder that would be uploaded and sends nothing. Before any upload the folder is
 checked: links, sub-folders, credential-like files (.env, tokens, keys) and files that are not part of an export are
 refused with the reason. The token comes from --token, HF_TOKEN or `hf auth login`; HF_ENDPOINT selects the Hub.
+
+--space [SPACE_ID] (few-shot variants): also a Gradio Space running relzoo's app on the model repo (default id:
+REPO_ID-app); with --dry-run OUT it is written to OUT-space. --space-requirement sets how the Space installs relzoo.
 """
 import argparse
 import sys
@@ -39,6 +44,11 @@ def main(argv=None) -> int:
     parser.add_argument("--revision", help="branch to push to (default: main)")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--space", nargs="?", const="", default=None, metavar="SPACE_ID",
+                        help="also the Gradio Space of the app for this few-shot variant (default REPO_ID-app)")
+    parser.add_argument("--space-requirement", default=None,
+                        help="the requirements.txt line that installs relzoo in the Space (default: relzoo[app] from "
+                             "its git repository)")
     args = parser.parse_args(argv)
 
     def fail(message: str) -> int:
@@ -61,10 +71,27 @@ def main(argv=None) -> int:
             return 0
         spec = load_variant(args.variant)
         repo_id = args.repo_id or spec["repo_id"]
+        space = None
+        if args.space is not None:
+            from relzoo.app.space import DEFAULT_REQUIREMENT, TASK_ARGUMENT
+            from relzoo.registry import get_family
+
+            task = get_family(spec["family"]).task
+            if task not in TASK_ARGUMENT:
+                return fail(f"--space: the app serves few-shot models, {args.variant} is {task}")
+            space = dict(space_id=args.space or f"{repo_id}-app", task=task,
+                         title=f"relzoo app: {args.variant}",
+                         requirement=args.space_requirement or DEFAULT_REQUIREMENT)
         if args.dry_run:
             folder = export_variant(spec, args.dry_run, args.weights, repo_id=repo_id, overwrite=args.overwrite)
             print(f"wrote {folder} (nothing uploaded)" + ("" if args.weights else
                   "; no --weights: random initialisation, flagged in the card, never uploaded"))
+            if space:
+                from relzoo.app.space import write_space
+
+                where = write_space(f"{str(args.dry_run).rstrip('/')}-space", repo_id=repo_id, task=space["task"],
+                                    title=space["title"], requirement=space["requirement"], overwrite=args.overwrite)
+                print(f"wrote the Space {space['space_id']} to {where} (nothing uploaded)")
             return 0
         if not args.weights:
             return fail(f"--weights is required to push {args.variant} (there is nothing to publish without weights; "
@@ -76,6 +103,14 @@ def main(argv=None) -> int:
             url = push_to_hub(folder, repo_id, private=args.private, token=args.token, revision=args.revision,
                               commit_message=args.commit_message or f"Upload {args.variant} from relzoo")
         print(f"pushed {args.variant} -> {url}")
+        if space:
+            from relzoo.app.space import push_space, write_space
+
+            with tempfile.TemporaryDirectory(prefix="relzoo-space-") as tmp:
+                where = write_space(f"{tmp}/space", repo_id=repo_id, task=space["task"], title=space["title"],
+                                    requirement=space["requirement"])
+                url = push_space(where, space["space_id"], token=args.token, private=args.private)
+            print(f"pushed the Space {space['space_id']} -> {url}")
         return 0
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         return fail(str(err))

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from relzoo.train import ClassifierTrainingArguments, train_classifier
 from relzoo.models.batchformer import default_plugin_after
+from relzoo.train import ClassifierTrainingArguments, train_classifier
 from relzoo.train.classification import ClassifierTrainingModule, shot_group_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
