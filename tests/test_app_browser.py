@@ -187,7 +187,12 @@ def test_classification_tab_probabilities_match_the_api(browser, app_url, models
     _picture(9).save(queries[0])
     _picture(8, bright_object=False).save(queries[1])
     browser.get(app_url)
-    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Few-shot classification')]").click()
+    _wait(browser, "#support-0")                                       # the page has rendered
+    tab = "//button[@role='tab' and contains(., 'Few-shot classification')]"
+    deadline = time.time() + WAIT
+    while not browser.find_elements(By.XPATH, tab) and time.time() < deadline:
+        time.sleep(0.25)
+    browser.find_element(By.XPATH, tab).click()
     _wait(browser, "#class-name-0")
     for c, name in enumerate(files):
         browser.find_element(By.CSS_SELECTOR, f"#class-name-{c} textarea, #class-name-{c} input").send_keys(name)

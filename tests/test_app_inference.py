@@ -228,3 +228,23 @@ def test_classify_command_writes_what_the_api_gives(fewshot_dir, tmp_path, capsy
     code, _, err = _relzoo_here(capsys, "classify", "--model", fewshot_dir, "--support-dir", queries, "--query-dir",
                                 queries)
     assert code == 2 and "has no class sub-folders" in err and err.count("\n") == 1
+
+
+def test_the_core_package_and_the_commands_work_without_gradio():
+    """Gradio is the optional `app` extra: relzoo, relzoo.app's inference and the CLI import without it, and
+    `relzoo app` says what to install."""
+    code = """
+import sys
+sys.modules["gradio"] = None            # an import of gradio now raises ImportError
+import relzoo, relzoo.app, relzoo.app.commands
+from relzoo.cli import main
+assert "gradio" not in [m for m in sys.modules if sys.modules[m] is not None]
+try:
+    main(["app", "--segmentation-model", "x"])
+except SystemExit as stop:
+    assert stop.code == 2
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+    assert "relzoo app: error: the app needs Gradio" in proc.stderr and "pip install 'relzoo[app]'" in proc.stderr

@@ -163,6 +163,8 @@ def run_app(args) -> int:
     if not (args.segmentation_model or args.classification_model):
         raise InputError("--segmentation-model / --classification-model: give at least one model folder, got none")
     try:
+        import gradio  # noqa: F401  (the optional extra)
+
         from .gradio_app import build_app
     except ImportError as err:
         raise InputError(f"the app needs Gradio, which is not installed ({err}): pip install 'relzoo[app]'") from None
