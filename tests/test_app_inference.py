@@ -108,6 +108,11 @@ def test_bad_inputs_are_named_before_the_model_runs(hsnet_dir, fewshot_dir, tmp_
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(InputError, match="query image 1: 'notes.png' is not an image"):
         segment(seg, [(picture(1), box_mask())], [tmp_path / "notes.png"])
+    calls = []
+    with pytest.raises(InputError, match="query image 3: 'notes.png' is not an image"):   # before any batch runs
+        segment(seg, [(picture(1), box_mask())], [picture(2), picture(3), tmp_path / "notes.png"], batch_size=1,
+                progress=calls.append)
+    assert calls == []
     with pytest.raises(InputError, match="support mask 1: the mask is empty"):
         segment(seg, [(picture(1), np.zeros((60, 80), dtype=bool))], [picture(2)])
     tiny = np.zeros((60, 80), dtype=bool)

@@ -93,21 +93,17 @@ def run_segment(args) -> int:
     fm = load_fewshot_model(args.model, args.device)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with _progress(len(queries), "segment") as bar:
-        for start in range(0, len(queries), args.batch_size):
-            chunk = queries[start:start + args.batch_size]
-            for path, result in zip(chunk, segment(fm, list(zip(args.support, args.support_mask)), chunk,
-                                                   args.batch_size)):
-                from PIL import Image
+    from PIL import Image
 
-                stem = path.stem
-                Image.fromarray(result.mask.astype("uint8") * 255).save(out / f"{stem}_mask.png")
-                mask_overlay(read_image(path), result.mask).save(out / f"{stem}_overlay.png")
-                rows.append(dict(query=str(path), mask=f"{stem}_mask.png", overlay=f"{stem}_overlay.png",
-                                 size=list(result.size), coverage=round(result.coverage, 6),
-                                 seconds=round(result.seconds, 4)))
-            bar.update(len(chunk))
+    with _progress(len(queries), "segment") as bar:   # the supports are read once for all queries
+        results = segment(fm, list(zip(args.support, args.support_mask)), queries, args.batch_size, bar.update)
+    rows = []
+    for path, result in zip(queries, results):
+        stem = path.stem
+        Image.fromarray(result.mask.astype("uint8") * 255).save(out / f"{stem}_mask.png")
+        mask_overlay(read_image(path), result.mask).save(out / f"{stem}_overlay.png")
+        rows.append(dict(query=str(path), mask=f"{stem}_mask.png", overlay=f"{stem}_overlay.png",
+                         size=list(result.size), coverage=round(result.coverage, 6), seconds=round(result.seconds, 4)))
     summary = dict(model=fm.describe(), shots=len(args.support), support=args.support, queries=rows)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     for r in rows:
@@ -131,15 +127,11 @@ def run_classify(args) -> int:
     support = {c.name: image_files(c, f"--support-dir class {c.name!r}") for c in classes}
     queries = _queries(args)
     fm = load_fewshot_model(args.model, args.device)
-    rows = []
-    with _progress(len(queries), "classify") as bar:
-        for start in range(0, len(queries), args.batch_size):
-            chunk = queries[start:start + args.batch_size]
-            for path, result in zip(chunk, classify(fm, support, chunk, args.batch_size)):
-                rows.append(dict(query=str(path), predicted=result.predicted,
-                                 probabilities={k: round(v, 6) for k, v in result.probabilities.items()},
-                                 seconds=round(result.seconds, 4)))
-            bar.update(len(chunk))
+    with _progress(len(queries), "classify") as bar:   # the supports are embedded once for all queries
+        results = classify(fm, support, queries, args.batch_size, bar.update)
+    rows = [dict(query=str(path), predicted=r.predicted, probabilities={k: round(v, 6) for k, v in
+                                                                        r.probabilities.items()},
+                 seconds=round(r.seconds, 4)) for path, r in zip(queries, results)]
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

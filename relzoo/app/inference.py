@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 __all__ = ["InputError", "FewShotModel", "SegmentationResult", "ClassificationResult", "load_fewshot_model",
-           "read_image", "read_mask", "segment", "classify", "correspondence_picture", "has_correspondence",
+           "read_image", "check_image", "read_mask", "segment", "classify", "correspondence_picture", "has_correspondence",
            "mask_overlay",
            "MAX_MEGAPIXELS", "TASKS"]
 
@@ -126,6 +126,27 @@ def read_image(value, name: str = "image") -> Image.Image:
     return image.convert("RGB")
 
 
+def check_image(value, name: str = "image") -> None:
+    """:func:`read_image`'s checks without decoding the pixels of a file (its header only): a folder of queries is
+    refused before any compute, and decoded one batch at a time."""
+    if not isinstance(value, (str, os.PathLike)):
+        read_image(value, name)
+        return
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"{name}: no such file {str(path)!r}")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            im.verify()
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
+        raise InputError(f"{name}: {path.name!r} is not an image PIL can read ({type(err).__name__}: "
+                         f"{str(err)[:120]})") from None
+    if width * height > MAX_MEGAPIXELS * 1e6:
+        raise InputError(f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
+                         f"{MAX_MEGAPIXELS}; downscale it first (the model sees it at a few hundred pixels anyway)")
+
+
 def read_mask(value, name: str = "mask", size: tuple[int, int] | None = None) -> np.ndarray:
     """A binary ``(H, W)`` mask: from a path, PIL image or array. An image with a transparent background (a brush
     layer) marks its painted pixels; otherwise pixels brighter than mid-grey are the object. ``size`` (W, H): the
@@ -199,9 +220,11 @@ def _require(fm: FewShotModel, task: str) -> None:
         raise InputError(f"--model: this needs a {task} model, got a {fm.task} model ({fm.describe()})")
 
 
-def segment(fm: FewShotModel, supports: list[tuple], queries: list, batch_size: int = 4) -> list[SegmentationResult]:
+def segment(fm: FewShotModel, supports: list[tuple], queries: list, batch_size: int = 4,
+            progress=None) -> list[SegmentationResult]:
     """Masks of ``queries`` given ``supports`` = ``[(image, mask), ...]`` (1 or more shots; images and masks as
-    :func:`read_image` / :func:`read_mask` take them). With several shots the prediction is the model's vote."""
+    :func:`read_image` / :func:`read_mask` take them). With several shots the prediction is the model's vote.
+    ``progress(n)``, if given, is called after each batch of ``n`` queries."""
     _require(fm, "few-shot-segmentation")
     if not supports:
         raise InputError("support: at least one support image with its mask is needed, got none")
@@ -219,14 +242,16 @@ def segment(fm: FewShotModel, supports: list[tuple], queries: list, batch_size: 
                              f"{fm.size}x{fm.size} px; mark a larger region")
         images.append(image)
         masks.append(torch.from_numpy(small > 127))
-    queries = [read_image(q, f"query image {i}") for i, q in enumerate(queries, start=1)]
+    names = [f"query image {i}" for i in range(1, len(queries) + 1)]
+    for q, name in zip(queries, names):
+        check_image(q, name)
     from ..models.hsnet import vote
 
     support = fm.pixel_values(images)[None]                                     # (1, K, 3, S, S)
     support_masks = torch.stack(masks)[None].to(fm.device, support.dtype)       # (1, K, S, S)
     results = []
     for start in range(0, len(queries), batch_size):
-        chunk = queries[start:start + batch_size]
+        chunk = [read_image(q, n) for q, n in zip(queries[start:start + batch_size], names[start:start + batch_size])]
         t0 = time.perf_counter()
         query = fm.pixel_values(chunk)
         b = query.shape[0]
@@ -245,6 +270,8 @@ def segment(fm: FewShotModel, supports: list[tuple], queries: list, batch_size: 
         seconds = time.perf_counter() - t0
         for r in results[start:]:
             r.seconds = seconds / len(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return results
 
 
@@ -269,20 +296,25 @@ def _support_set(support: dict) -> tuple[list[str], list[Image.Image], list[int]
     return names, images, labels
 
 
-def classify(fm: FewShotModel, support: dict, queries: list, batch_size: int = 16) -> list[ClassificationResult]:
-    """Class probabilities of each query given ``support`` = ``{class name: [images]}`` (at least two classes)."""
+def classify(fm: FewShotModel, support: dict, queries: list, batch_size: int = 16,
+             progress=None) -> list[ClassificationResult]:
+    """Class probabilities of each query given ``support`` = ``{class name: [images]}`` (at least two classes).
+    ``progress(n)``, if given, is called after each batch of ``n`` queries."""
     _require(fm, "few-shot-image-classification")
     names, images, labels = _support_set(support)
     if not queries:
         raise InputError("query: at least one query image is needed, got none")
     if batch_size < 1:
         raise InputError(f"batch_size: must be at least 1, got {batch_size}")
-    queries = [read_image(q, f"query image {i}") for i, q in enumerate(queries, start=1)]
+    query_names = [f"query image {i}" for i in range(1, len(queries) + 1)]
+    for q, name in zip(queries, query_names):
+        check_image(q, name)
     support_pixels = fm.pixel_values(images)
     support_labels = torch.tensor(labels, device=fm.device)
     results = []
     for start in range(0, len(queries), batch_size):
-        chunk = queries[start:start + batch_size]
+        chunk = [read_image(q, n) for q, n in zip(queries[start:start + batch_size],
+                                                   query_names[start:start + batch_size])]
         t0 = time.perf_counter()
         with torch.inference_mode():
             logits = fm.model(query_pixel_values=fm.pixel_values(chunk), support_pixel_values=support_pixels,
@@ -290,6 +322,8 @@ def classify(fm: FewShotModel, support: dict, queries: list, batch_size: int = 1
         probabilities = logits.float().softmax(-1).cpu().numpy()
         seconds = (time.perf_counter() - t0) / len(chunk)
         results += [ClassificationResult({n: float(p) for n, p in zip(names, row)}, seconds) for row in probabilities]
+        if progress is not None:
+            progress(len(chunk))
     return results
 
 
