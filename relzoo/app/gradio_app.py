@@ -26,6 +26,7 @@ from .inference import (
     has_correspondence,
     load_fewshot_model,
     mask_overlay,
+    resize_mask,
     segment,
 )
 
@@ -61,7 +62,7 @@ def editor_support(value, k: int):
         else:
             alpha = (layer if layer.ndim == 2 else layer.max(-1)) > 0
         if alpha.shape != painted.shape:   # a layer on a canvas of another size: bring it to the image's
-            alpha = np.asarray(Image.fromarray(alpha.astype(np.uint8) * 255).resize(image.size, Image.NEAREST)) > 127
+            alpha = resize_mask(alpha, image.size)
         painted |= alpha
     if not painted.any():
         raise InputError(f"support {k}: the mask is empty (no brush stroke): paint the object on the image")

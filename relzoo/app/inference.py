@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 __all__ = ["InputError", "FewShotModel", "SegmentationResult", "ClassificationResult", "load_fewshot_model",
-           "read_image", "check_image", "read_mask", "segment", "classify", "correspondence_picture", "has_correspondence",
+           "read_image", "check_image", "read_mask", "resize_mask", "segment", "classify", "correspondence_picture", "has_correspondence",
            "mask_overlay",
            "MAX_MEGAPIXELS", "TASKS"]
 
@@ -96,39 +96,17 @@ def _name_of(value) -> str:
     return str(value) if isinstance(value, (str, os.PathLike)) else type(value).__name__
 
 
-def read_image(value, name: str = "image") -> Image.Image:
-    """An RGB image from a path, a PIL image or an ``(H, W[, C])`` uint8 array; :class:`InputError` if it is not
-    one or is larger than :data:`MAX_MEGAPIXELS`."""
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if not path.is_file():
-            raise InputError(f"{name}: no such file {str(path)!r}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
-            raise InputError(f"{name}: {path.name!r} is not an image PIL can read ({type(err).__name__}: "
-                             f"{str(err)[:120]})") from None
-    elif isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.size:
-        image = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
-    else:
-        raise InputError(f"{name}: expected an image file, a PIL image or an (H, W, C) array, got "
-                         f"{_name_of(value)}")
-    width, height = image.size
+def _check_size(width: int, height: int, name: str) -> None:
     if width * height > MAX_MEGAPIXELS * 1e6:
         raise InputError(f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
                          f"{MAX_MEGAPIXELS}; downscale it first (the model sees it at a few hundred pixels anyway)")
     if width < 1 or height < 1:
         raise InputError(f"{name}: the image is empty ({width}x{height})")
-    return image.convert("RGB")
 
 
 def check_image(value, name: str = "image") -> None:
-    """:func:`read_image`'s checks without decoding the pixels of a file (its header only): a folder of queries is
-    refused before any compute, and decoded one batch at a time."""
+    """:func:`read_image`'s checks; a file is checked from its header without decoding its pixels (a folder of
+    queries is refused before any compute, and decoded one batch at a time)."""
     if not isinstance(value, (str, os.PathLike)):
         read_image(value, name)
         return
@@ -142,9 +120,35 @@ def check_image(value, name: str = "image") -> None:
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
         raise InputError(f"{name}: {path.name!r} is not an image PIL can read ({type(err).__name__}: "
                          f"{str(err)[:120]})") from None
-    if width * height > MAX_MEGAPIXELS * 1e6:
-        raise InputError(f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
-                         f"{MAX_MEGAPIXELS}; downscale it first (the model sees it at a few hundred pixels anyway)")
+    _check_size(width, height, name)
+
+
+def read_image(value, name: str = "image") -> Image.Image:
+    """An RGB image from a path, a PIL image or an ``(H, W[, C])`` uint8 array; :class:`InputError` if it is not
+    one or is larger than :data:`MAX_MEGAPIXELS`."""
+    if isinstance(value, (str, os.PathLike)):
+        check_image(value, name)
+        try:
+            with Image.open(value) as im:
+                im.load()
+                image = im
+        except OSError as err:   # a file whose header reads but whose data do not (truncated)
+            raise InputError(f"{name}: {Path(value).name!r} is not an image PIL can read ({type(err).__name__}: "
+                             f"{str(err)[:120]})") from None
+    elif isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.size:
+        image = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
+    else:
+        raise InputError(f"{name}: expected an image file, a PIL image or an (H, W, C) array, got "
+                         f"{_name_of(value)}")
+    _check_size(*image.size, name)
+    return image.convert("RGB")
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A boolean mask resized to ``size`` (W, H) by nearest neighbour."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(tuple(size), Image.NEAREST)) > 127
 
 
 def read_mask(value, name: str = "mask", size: tuple[int, int] | None = None) -> np.ndarray:
@@ -169,7 +173,7 @@ def read_mask(value, name: str = "mask", size: tuple[int, int] | None = None) ->
         (w, h), (mw, mh) = size, (mask.shape[1], mask.shape[0])
         if abs(w / h - mw / mh) > 0.01 * (w / h):
             raise InputError(f"{name}: the mask is {mw}x{mh} but its image is {w}x{h} (another shape)")
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+        mask = resize_mask(mask, (w, h))
     if not mask.any():
         raise InputError(f"{name}: the mask is empty (no pixel marked): paint the object in the support image")
     return mask
@@ -236,12 +240,12 @@ def segment(fm: FewShotModel, supports: list[tuple], queries: list, batch_size: 
     for k, (image, mask) in enumerate(supports, start=1):
         image = read_image(image, f"support image {k}")
         mask = read_mask(mask, f"support mask {k}", image.size)
-        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((fm.size, fm.size), Image.NEAREST))
-        if not (small > 127).any():
+        small = resize_mask(mask, (fm.size, fm.size))
+        if not small.any():
             raise InputError(f"support mask {k}: the object is too small to survive resizing to the model's "
                              f"{fm.size}x{fm.size} px; mark a larger region")
         images.append(image)
-        masks.append(torch.from_numpy(small > 127))
+        masks.append(torch.from_numpy(small))
     names = [f"query image {i}" for i in range(1, len(queries) + 1)]
     for q, name in zip(queries, names):
         check_image(q, name)
