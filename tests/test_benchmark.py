@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_benchmark_quick_runs(tmp_path, monkeypatch):
+    import os
     import runpy
     import sys
 
@@ -20,6 +21,8 @@ def test_benchmark_quick_runs(tmp_path, monkeypatch):
     assert set(rows) >= {"san10_pair", "san10_pair (unfused attention)", "resnet26"}
     assert rows["san10_pair"]["train_images_per_s"] > 0 and "train_images_per_s" not in rows[
         "san10_pair (unfused attention)"]  # training runs the same operators with or without fused inference
+    pids = [pid for r in result["models"] for pid in r["processes"]]
+    assert len(pids) == len(set(pids)) == len(rows) and os.getpid() not in pids  # one fresh process per model row
     assert (tmp_path / "b.json").is_file()
 
 

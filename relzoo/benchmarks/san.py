@@ -88,66 +88,102 @@ QUICK_MODELS = [("san10_pair", {}), ("san10_pair", "unfused"), ("san10_patch", {
 TIMM_MODELS = ["san10_pair", "san10_patch", "resnet26", "resnet50"]
 
 
-def bench_models(device, rounds: int, train_rounds: int, quick: bool, batch: int, size: int, burst: int = 3,
-                 train_burst: int = 2, names: list[str] | None = None) -> list[dict]:
-    """Inference (``torch.inference_mode``, as timm's benchmark.py) and training steps (forward + backward + SGD
-    step) of whole models, against resnet50 (resnet26 in quick mode) in the same rounds, with peak memory of both.
+def _label(name: str, kw) -> str:
+    return name + (" (unfused attention)" if kw == "unfused" else " (reference ops)" if kw else "")
 
-    Each round runs ``burst`` consecutive steps of every model in turn (rotating order); a row's throughput is the
-    median over rounds, its ratio the median of the per-round ratios, and both carry their min-max over rounds."""
+
+def model_probe(spec: dict) -> dict:
+    """In a fresh process holding this one model (as timm's benchmark.py runs): per-step seconds of ``burst``
+    consecutive inference steps (``torch.inference_mode``; when ``spec["infer"]``) and (when ``spec["train"]``) of
+    ``train_burst`` training steps (forward + backward + SGD step with momentum), after warm-up steps; peak memory of
+    one step of each when ``spec["memory"]``."""
     import timm
 
     import relzoo  # noqa: F401
     from relzoo.layers import set_fused_inference
 
+    device, kw = torch.device(spec["device"]), spec["kwargs"]
+    torch.manual_seed(0)
+    model = timm.create_model(spec["model"], **(kw if isinstance(kw, dict) else {})).to(device).eval()
+    set_fused_inference(model, kw != "unfused")
+    x = torch.randn(spec["batch"], 3, spec["size"], spec["size"], device=device)
+    target = torch.randint(0, 1000, (spec["batch"],), device=device)
+    sync = sync_for(device)
+
+    def infer():
+        with torch.inference_mode():
+            model(x)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x).float(), target).backward()
+        optimizer.step()
+        model.eval()
+
+    out = dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, pid=os.getpid())
+    steps = [("infer", infer, spec["burst"], spec["warmup"])] if spec["infer"] else []
+    if spec["train"]:
+        steps.append(("train", train_step, spec["train_burst"], spec["train_warmup"]))
+    for mode, fn, burst, warmup in steps:
+        out[f"{mode}_s"] = interleaved_bursts({mode: fn}, 1, burst, warmup, sync)[mode][0]
+        if spec["memory"]:
+            out[f"{mode}_peak_mib"] = peak_memory_bytes(fn) / 2**20
+    return out
+
+
+def _probe(spec: dict, env: dict | None = None) -> dict:
+    """Run one probe (``model_probe`` or ``compile_probe``) in a fresh Python process; its result dictionary."""
+    proc = subprocess.run([sys.executable, "-m", "relzoo.benchmarks.san", json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark probe {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_models(device, rounds: int, train_rounds: int, quick: bool, batch: int, size: int, burst: int = 3,
+                 train_burst: int = 2, names: list[str] | None = None) -> list[dict]:
+    """Inference (``torch.inference_mode``, as timm's benchmark.py) and training steps (forward + backward + SGD
+    step) of whole models, against resnet50 (resnet26 in quick mode) in the same rounds, with peak memory of both.
+
+    Every model is measured in a fresh process of its own that holds only that model, as timm's benchmark.py runs
+    (one process holding all twelve models with their gradients and momentum ran the training steps about 20 %
+    slower than timm's). A round starts one such process per model in turn (rotating order); each runs warm-up steps,
+    then ``burst`` consecutive inference steps (``train_burst`` training steps in the first ``train_rounds`` rounds).
+    A row's throughput is the median over rounds, its ratio the median of the per-round ratios, and both carry their
+    min-max over rounds. Peak memory is taken in the first round."""
     models = QUICK_MODELS if quick else MODELS
     if names:
         models = [(n, {}) for n in names]
-    built = {}
-    for name, kw in models:
-        label = name + (" (unfused attention)" if kw == "unfused" else " (reference ops)" if kw else "")
-        model = timm.create_model(name, **(kw if isinstance(kw, dict) else {})).to(device).eval()
-        built[label] = set_fused_inference(model, kw != "unfused")
-    base = "resnet50" if "resnet50" in built else "resnet26" if "resnet26" in built else next(iter(built))
-    trains = {k for k in built if "unfused" not in k}  # training never runs the fused inference paths
-    x = torch.randn(batch, 3, size, size, device=device)
-    target = torch.randint(0, 1000, (batch,), device=device)
-
-    def infer(m):
-        def f():
-            with torch.inference_mode():
-                m(x)
-        return f
-
-    optimizers = {k: torch.optim.SGD(built[k].parameters(), lr=1e-4, momentum=0.9) for k in trains}
-
-    def train_step(k):
-        m, opt = built[k], optimizers[k]
-
-        def f():
-            m.train()
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(m(x).float(), target).backward()
-            opt.step()
-            m.eval()
-        return f
-
-    sync = sync_for(device)
-    t_inf = interleaved_bursts({k: infer(m) for k, m in built.items()}, rounds, burst, warmup=2, sync=sync)
-    t_train = interleaved_bursts({k: train_step(k) for k in built if k in trains}, train_rounds, train_burst,
-                                 warmup=1, sync=sync)
+    labels = {_label(n, kw): (n, kw) for n, kw in models}
+    base = "resnet50" if "resnet50" in labels else "resnet26" if "resnet26" in labels else next(iter(labels))
+    trains = {k for k in labels if "unfused" not in k}  # training never runs the fused inference paths
+    runs = {k: [] for k in labels}
+    order = list(labels)
+    for r in range(max(rounds, train_rounds)):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            name, kw = labels[k]
+            spec = dict(probe="model", model=name, kwargs=kw, device=str(device), batch=batch, size=size,
+                        infer=r < rounds, burst=burst, warmup=2, train=k in trains and r < train_rounds,
+                        train_burst=train_burst, train_warmup=1, memory=r == 0)
+            runs[k].append(_probe(spec))
     rows = []
-    for k, m in built.items():
-        speed, ratio = spread(batch / t for t in t_inf[k]), spread(ratios(t_inf[k], t_inf[base]))
-        row = dict(model=k, batch=batch, params_m=sum(p.numel() for p in m.parameters()) / 1e6,
-                   images_per_s=speed[0], images_per_s_range=speed[1:], vs_baseline=ratio[0],
-                   vs_baseline_range=ratio[1:], inference_peak_mib=peak_memory_bytes(infer(m)) / 2**20, baseline=base)
+    for k, results in runs.items():
+        first = results[0]
+        t_inf, t_base = [x["infer_s"] for x in results[:rounds]], [x["infer_s"] for x in runs[base][:rounds]]
+        speed, ratio = spread(batch / t for t in t_inf), spread(ratios(t_inf, t_base))
+        row = dict(model=k, batch=batch, params_m=first["params_m"], images_per_s=speed[0],
+                   images_per_s_range=speed[1:], vs_baseline=ratio[0], vs_baseline_range=ratio[1:],
+                   inference_peak_mib=first["infer_peak_mib"], baseline=base, rounds=rounds, train_rounds=train_rounds,
+                   processes=[x["pid"] for x in results])
         if k in trains:
-            speed, ratio = spread(batch / t for t in t_train[k]), spread(ratios(t_train[k], t_train[base]))
+            t_train = [x["train_s"] for x in results[:train_rounds]]
+            t_base = [x["train_s"] for x in runs[base][:train_rounds]]
+            speed, ratio = spread(batch / t for t in t_train), spread(ratios(t_train, t_base))
             row.update(train_images_per_s=speed[0], train_images_per_s_range=speed[1:], train_vs_baseline=ratio[0],
-                       train_vs_baseline_range=ratio[1:],
-                       train_step_peak_mib=peak_memory_bytes(train_step(k)) / 2**20)
-        m.zero_grad(set_to_none=True)
+                       train_vs_baseline_range=ratio[1:], train_step_peak_mib=first["train_peak_mib"])
         rows.append(row)
     return rows
 
@@ -238,20 +274,16 @@ def bench_compile(device, quick: bool, batch: int, size: int, repeats: int) -> l
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                            TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0")
-                proc = subprocess.run([sys.executable, "-m", "relzoo.benchmarks.san", json.dumps(spec)],
-                                      env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"compile probe {spec} failed:\n{proc.stderr[-3000:]}")
-            rows.append(dict(model=name, mode="train" if train else "eval", backend=backend,
-                             **json.loads(proc.stdout.strip().splitlines()[-1])))
+                result = _probe(dict(spec, probe="compile"), env)
+            rows.append(dict(model=name, mode="train" if train else "eval", backend=backend, **result))
     return rows
 
 
 def markdown(agg: list[dict], attention: list[dict], models: list[dict], meta: dict) -> str:
     lines = [f"Device: {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | operators: medians of "
-             f"{meta['repeats']} interleaved repeats | models: {meta['repeats']} rounds of {meta['burst']} steps each "
-             f"(training steps: {meta['train_repeats']} rounds of {meta['train_burst']}), rotating order, medians "
-             f"(min–max over rounds)"]
+             f"{meta['repeats']} interleaved repeats | models: each in a fresh process of its own per round, "
+             f"{meta['repeats']} rounds of {meta['burst']} steps (training steps: {meta['train_repeats']} rounds of "
+             f"{meta['train_burst']}), rotating order, medians (min–max over rounds)"]
     if agg:
         lines += ["", "| aggregation fwd+bwd | fast ms | reference ms | speed-up | fast peak MiB | reference peak MiB | "
                   "memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -380,5 +412,6 @@ def run(args, device: torch.device, meta: dict) -> tuple[dict, str]:
     return result, "\n\n".join([markdown(agg, attention, [], meta)] + tables)
 
 
-if __name__ == "__main__":   # one compile measurement, in the fresh process bench_compile starts
-    print(json.dumps(compile_probe(json.loads(sys.argv[1]))))
+if __name__ == "__main__":   # one measurement, in the fresh process bench_models / bench_compile start
+    _spec = json.loads(sys.argv[1])
+    print(json.dumps({"model": model_probe, "compile": compile_probe}[_spec.pop("probe")](_spec)))
