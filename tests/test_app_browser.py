@@ -4,6 +4,8 @@ brush, queries uploaded, and the page's result compared with the Python API on t
 under the test's tmp folder. If the browser cannot start, the test fails with the reason (no silent skip)."""
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -20,7 +22,6 @@ from relzoo import (  # noqa: E402
     HSNetForFewShotSegmentation,
 )
 from relzoo.app import classify, load_fewshot_model, segment  # noqa: E402
-from relzoo.app.gradio_app import build_app  # noqa: E402
 from relzoo.models.crosstransformer_hub import save_fewshot_folder  # noqa: E402
 from relzoo.models.hsnet_hub import write_hsnet_files  # noqa: E402
 
@@ -35,7 +36,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def folders(tmp_path_factory):
     torch.manual_seed(0)
     seg = tmp_path_factory.mktemp("hsnet")
     hsnet = HSNetForFewShotSegmentation(HSNetConfig(backbone="resnet18", image_size=SIZE)).eval()
@@ -47,16 +48,40 @@ def models(tmp_path_factory):
     ctx = CrossTransformerForFewShotClassification(CrossTransformerConfig(
         key_dim=16, value_dim=8, backbone="test_resnet", backbone_kwargs={"output_stride": 8})).eval()
     cls = save_fewshot_folder(ctx, tmp_path_factory.mktemp("ctx") / "model", image_size=SIZE)
-    return load_fewshot_model(seg), load_fewshot_model(cls)
+    return seg, cls
 
 
 @pytest.fixture(scope="module")
-def app_url(models):
-    demo = build_app(segmentation=models[0], classification=models[1])
+def models(folders):
+    return tuple(load_fewshot_model(f) for f in folders)
+
+
+@pytest.fixture(scope="module")
+def app_url(folders, tmp_path_factory):
+    """The app as a user starts it: the `relzoo app` command in its own process, on a free port of 127.0.0.1."""
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    log = tmp_path_factory.mktemp("app") / "relzoo-app.log"
+    cmd = [sys.executable, "-m", "relzoo.cli", "app", "--segmentation-model", str(folders[0]),
+           "--classification-model", str(folders[1]), "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + WAIT
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"`relzoo app` exited with {proc.returncode} before serving {url}:\n{log.read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"`relzoo app` did not serve {url} within {WAIT} s:\n{log.read_text()}")
+                time.sleep(0.5)
+        assert f"relzoo app: {url}" in log.read_text()   # the command prints the address it serves
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -162,7 +162,7 @@ def run_app(args) -> int:
         raise InputError(f"the app needs Gradio, which is not installed ({err}): pip install 'relzoo[app]'") from None
     demo = build_app(args.segmentation_model, args.classification_model, device=args.device)
     print(f"relzoo app: http://{args.host}:{args.port}/", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, show_api=False, prevent_thread_lock=False)
+    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=False)
     return 0
 
 

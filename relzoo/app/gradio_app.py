@@ -205,20 +205,3 @@ def build_app(segmentation_model=None, classification_model=None, device: str = 
             cls_run.click(classification_handler(cls), [*class_inputs, cls_queries],
                           [cls_table, cls_picture, cls_status])
     return demo
-
-
-def main() -> None:  # the Space's app.py calls this with the folder it ships beside it
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--segmentation-model", default=os.environ.get("RELZOO_SEGMENTATION_MODEL"))
-    parser.add_argument("--classification-model", default=os.environ.get("RELZOO_CLASSIFICATION_MODEL"))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    build_app(args.segmentation_model, args.classification_model).launch(server_name=args.host,
-                                                                         server_port=args.port)
-
-
-if __name__ == "__main__":
-    main()
