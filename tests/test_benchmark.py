@@ -148,3 +148,38 @@ def test_timm_scripts_runner_passes_the_arguments_and_runs_as_main(tmp_path, cap
     assert capsys.readouterr().out.strip() == "['--model', 'x', '-b', '2'] True __main__"
     with pytest.raises(SystemExit, match="must be an existing .py file.*missing.py"):
         run_script(str(tmp_path / "missing.py"), [])
+
+
+def test_gpu_check_script_says_when_no_gpu_is_visible(tmp_path):
+    """scripts/gpu_check.sh (the CUDA tests + benchmark tables in one command) stops at once, naming the reason, where
+    torch sees no CUDA device; on a GPU machine it is run itself, not from here."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: run scripts/gpu_check.sh itself")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True,
+                          text=True, env=dict(os.environ, PY=sys.executable), timeout=120)
+    assert proc.returncode != 0
+    assert f"gpu_check.sh: torch {torch.__version__} sees no CUDA device" in proc.stderr
+    assert not (tmp_path / "out" / "device.txt").exists()    # nothing ran past the check
+
+
+def test_profile_table_names_the_operators_and_the_ceilings():
+    """--profile: per-operator self time of an inference and a training step, shares summing to the whole, SAN's own
+    operators among those named, and the device's measured matmul / bandwidth ceilings."""
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
+    result = main(["san", "--quick", "--profile"])
+    rows = {(r["model"], r["mode"]): r for r in result["profile"]}
+    assert set(rows) == {(m, mode) for m in ("san10_pair", "resnet26") for mode in ("inference", "train")}
+    for r in rows.values():
+        assert abs(sum(o["share"] for o in r["ops"]) - 1) < 1e-6 and r["ops"][-1]["op"] == "(all others)"
+        assert r["gflop"] > 0 and r["profiled_s"] > 0
+    san_train_ops = {o["op"] for o in rows["san10_pair", "train"]["ops"]}
+    assert any(op.startswith("relzoo::") for op in san_train_ops), san_train_ops
+    assert result["limits"]["matmul_gflops"] > 0 and result["limits"]["copy_gbytes_per_s"] > 0

@@ -10,7 +10,6 @@ CrossTransformers where positions of the first query attend in each class's firs
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path

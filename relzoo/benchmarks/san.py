@@ -92,6 +92,25 @@ def _label(name: str, kw) -> str:
     return name + (" (unfused attention)" if kw == "unfused" else " (reference ops)" if kw else "")
 
 
+def _model_steps(model, x, target):
+    """``(infer, train_step)`` of a model in eval mode: an inference step under ``torch.inference_mode`` (as timm's
+    benchmark.py) and a training step (forward + cross-entropy + backward + SGD step with momentum)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def infer():
+        with torch.inference_mode():
+            model(x)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x).float(), target).backward()
+        optimizer.step()
+        model.eval()
+
+    return infer, train_step
+
+
 def model_probe(spec: dict) -> dict:
     """In a fresh process holding this one model (as timm's benchmark.py runs): per-step seconds of ``burst``
     consecutive inference steps (``torch.inference_mode``; when ``spec["infer"]``) and (when ``spec["train"]``) of
@@ -110,19 +129,7 @@ def model_probe(spec: dict) -> dict:
     target = torch.randint(0, 1000, (spec["batch"],), device=device)
     sync = sync_for(device)
 
-    def infer():
-        with torch.inference_mode():
-            model(x)
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def train_step():
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x).float(), target).backward()
-        optimizer.step()
-        model.eval()
-
+    infer, train_step = _model_steps(model, x, target)
     out = dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, pid=os.getpid())
     steps = [("infer", infer, spec["burst"], spec["warmup"])] if spec["infer"] else []
     if spec["train"]:
@@ -224,6 +231,81 @@ def bench_timm(script: str, device, names: list[str], batch: int, size: int, rou
             row.update({f"{mode}_vs_baseline": median, f"{mode}_vs_baseline_range": (low, high)})
         rows.append(row)
     return rows
+
+
+def machine_limits(device, repeats: int = 5) -> dict:
+    """The device's measured ceilings: float32 matrix-multiply GFLOP/s (2048^3, the best of ``repeats``) and memory
+    bandwidth GB/s (a 256 MiB copy: bytes read + written, the best of ``repeats``)."""
+    sync = sync_for(device)
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    src = torch.randn(64 * 2**20, device=device)
+    dst = torch.empty_like(src)
+    best = {"matmul": float("inf"), "copy": float("inf")}
+    for _ in range(repeats):
+        for name, fn in (("matmul", lambda: torch.mm(a, b)), ("copy", lambda: dst.copy_(src))):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return dict(matmul_gflops=2 * 2048**3 / best["matmul"] / 1e9,
+                copy_gbytes_per_s=2 * src.numel() * 4 / best["copy"] / 1e9)
+
+
+def profile_models(device, names: list[str], batch: int, size: int, top: int = 8) -> list[dict]:
+    """Where a step's time goes: ``torch.profiler`` over one inference step and one training step of each model
+    (after warm-up), self time per operator, the top ``top`` operators and the rest; FLOPs of the matrix products
+    and convolutions the profiler counts."""
+    import timm
+    from torch.profiler import ProfilerActivity, profile
+
+    import relzoo  # noqa: F401
+
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        model = timm.create_model(name).to(device).eval()
+        x = torch.randn(batch, 3, size, size, device=device)
+        target = torch.randint(0, 1000, (batch,), device=device)
+        infer, train_step = _model_steps(model, x, target)
+        for mode, fn in (("inference", infer), ("train", train_step)):
+            fn()
+            fn()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            sync_for(device)()
+            t0 = time.perf_counter()
+            with profile(activities=activities, with_flops=True) as prof:
+                fn()
+                sync_for(device)()
+            wall = time.perf_counter() - t0
+            key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
+            total = sum(getattr(e, key) for e in events) or 1.0
+            ops = [dict(op=e.key, ms=getattr(e, key) / 1e3, share=getattr(e, key) / total, calls=e.count,
+                        gflop=(e.flops or 0) / 1e9) for e in events[:top]]
+            rest = sum(getattr(e, key) for e in events[top:])
+            ops.append(dict(op="(all others)", ms=rest / 1e3, share=rest / total,
+                            calls=sum(e.count for e in events[top:]), gflop=sum((e.flops or 0) for e in
+                                                                                events[top:]) / 1e9))
+            rows.append(dict(model=name, mode=mode, batch=batch, profiled_s=wall, ops=ops,
+                             gflop=sum((e.flops or 0) for e in events) / 1e9))
+    return rows
+
+
+def profile_markdown(rows: list[dict], limits: dict, meta: dict) -> str:
+    lines = [f"Per-operator profile (torch.profiler, self time, one step after warm-up; the profiler itself slows a "
+             f"step) | batch {rows[0]['batch'] if rows else ''}, {meta['size']} px | {meta['device']} | measured "
+             f"ceilings: matmul {limits['matmul_gflops']:.0f} GFLOP/s (fp32 2048^3), memory copy "
+             f"{limits['copy_gbytes_per_s']:.1f} GB/s (256 MiB, read + write)"]
+    for r in rows:
+        flops_time = r["gflop"] / limits["matmul_gflops"]
+        lines += ["", f"**{r['model']}, {r['mode']}**: {r['profiled_s'] * 1e3:.0f} ms profiled; the profiler counts "
+                  f"{r['gflop']:.1f} GFLOP of products / convolutions, {flops_time * 1e3:.0f} ms at the measured "
+                  f"matmul ceiling ({flops_time / r['profiled_s']:.0%} of the step)", "",
+                  "| operator | self ms | share | calls | GFLOP |", "|---|---:|---:|---:|---:|"]
+        for o in r["ops"]:
+            lines.append(f"| `{o['op']}` | {o['ms']:.1f} | {o['share']:.0%} | {o['calls']} | {o['gflop']:.2f} |")
+    return "\n".join(lines)
 
 
 def compile_probe(spec: dict) -> dict:
@@ -363,6 +445,9 @@ def compile_markdown(rows: list[dict], meta: dict) -> str:
 def add_arguments(group) -> None:
     """The SAN benchmark's own options (``scripts/benchmark.py san ...``)."""
     group.add_argument("--compile", action="store_true", help="only the torch.compile cold-start table")
+    group.add_argument("--profile", action="store_true",
+                       help="only the per-operator profile of san10_pair, san10_patch and resnet50 (or --models), "
+                            "inference and training step, with the device's measured matmul and bandwidth ceilings")
     group.add_argument("--models", nargs="+", default=None, metavar="NAME",
                        help="timm names for the model table (default: SAN10/15/19, unfused and reference-operator "
                             "rows, resnet26, resnet50); ratios are against resnet50 when it is listed")
@@ -384,6 +469,12 @@ def run(args, device: torch.device, meta: dict) -> tuple[dict, str]:
         rows = bench_compile(device, args.quick, batch, meta["size"], repeats)
         meta = dict(meta, batch=batch)
         return dict(meta=meta, compile=rows), compile_markdown(rows, meta)
+    if args.profile:
+        batch = (args.batch or [meta["batch"]])[0]
+        names = args.models or (["san10_pair", "resnet26"] if args.quick else ["san10_pair", "san10_patch", "resnet50"])
+        rows, limits = profile_models(device, names, batch, meta["size"]), machine_limits(device)
+        meta = dict(meta, batch=batch)
+        return dict(meta=meta, profile=rows, limits=limits), profile_markdown(rows, limits, meta)
     for name in ("burst", "timm_iters", "batch"):
         value = getattr(args, name)
         if value is not None and min([value] if isinstance(value, int) else value) < 1:
