@@ -3,6 +3,7 @@ commands, on small random models written as real folders (the same loading as an
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +254,35 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
     assert "relzoo app: error: the app needs Gradio" in proc.stderr and "pip install 'relzoo[app]'" in proc.stderr
+
+
+def test_a_hub_id_loads_like_its_folder(hsnet_dir, tmp_path):
+    """--model takes a Hub id: the folder pushed to a Hub (the in-process fake Hub on 127.0.0.1, through
+    huggingface_hub's real upload and download code), then `relzoo segment --model me/hsnet-tiny` in a fresh process
+    pointed at that Hub gives the masks the local folder gives."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fakehub import FakeHub
+
+    picture(1).save(tmp_path / "s.png")
+    Image.fromarray(box_mask().astype(np.uint8) * 255).save(tmp_path / "s_mask.png")
+    picture(5, (90, 50)).save(tmp_path / "q.png")
+    with FakeHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+               "HF_TOKEN": "test-token-not-a-secret", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        push = subprocess.run([sys.executable, "-c", "import sys; from relzoo.publish import push_to_hub; "
+                               "print(push_to_hub(sys.argv[1], 'me/hsnet-tiny'))", str(hsnet_dir)], env=env,
+                              capture_output=True, text=True)
+        assert push.returncode == 0, push.stderr[-2000:]
+        assert "config.json" in hub.files("me/hsnet-tiny")
+        proc = subprocess.run([sys.executable, "-m", "relzoo.cli", "segment", "--model", "me/hsnet-tiny", "--support",
+                               str(tmp_path / "s.png"), "--support-mask", str(tmp_path / "s_mask.png"), "--query",
+                               str(tmp_path / "q.png"), "--output", str(tmp_path / "out")], env=env,
+                              capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "me/hsnet-tiny" in json.dumps(summary["model"])
+    expected = segment(load_fewshot_model(hsnet_dir), [(tmp_path / "s.png", tmp_path / "s_mask.png")],
+                       [tmp_path / "q.png"])[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "q_mask.png")) > 127, expected.mask)
