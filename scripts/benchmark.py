@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Side-by-side benchmarks: every number is a ratio against a reference measured in the same run.
 
-    python scripts/benchmark.py san              # the full SAN tables (about 15 minutes on 2 CPU cores)
+    python scripts/benchmark.py san              # the full SAN tables (about 45 minutes on 2 CPU cores)
+    python scripts/benchmark.py san --profile    # where a SAN step spends its time, per operator (1 minute)
     python scripts/benchmark.py san --quick      # tiny shapes, to check the script itself
     python scripts/benchmark.py san --compile    # torch.compile cold start and compiled speed (about 8 minutes)
     python scripts/benchmark.py san --skip_operators --timm_benchmark ../pytorch-image-models/benchmark.py

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_san_layers import _randomise_bn  # the CPU tests' BatchNorm randomiser
 
 from relzoo.layers.san import (
     SelfAttention2d,
@@ -40,15 +41,6 @@ def _pair(*shape):
     """The same float64 values on the CPU and on the GPU, both leaves requiring grad."""
     cpu = torch.randn(*shape, dtype=torch.float64)
     return cpu.clone().requires_grad_(), cpu.to(CUDA).requires_grad_()
-
-
-def _randomise_bn(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
 
 
 @pytest.mark.parametrize("k,s,d,pad_mode", [(7, 1, 1, "reflect"), (5, 2, 2, "reflect"), (3, 2, 1, "zeros")])

@@ -18,7 +18,8 @@ import torch
 from .common import interleaved_bursts, peak_memory_bytes, ratios, spread, sync_for, timed_medians
 
 NAME = "san"
-DESCRIPTION = "SAN operators and san10 models against resnet50 (about 15 minutes on 2 CPU cores); --compile: cold starts"
+DESCRIPTION = ("SAN operators and SAN models against resnet50 (about 45 minutes on 2 CPU cores; --repeats 3: 20); "
+               "--compile: cold starts; --profile: per-operator profile")
 
 
 def bench_aggregation(device, repeats: int, quick: bool) -> list[dict]:
