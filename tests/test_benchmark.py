@@ -6,13 +6,39 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+STAND_IN_TIMM_BENCHMARK = '''
+import argparse, json
+import timm, torch
+p = argparse.ArgumentParser()
+for a in ("--model", "--bench", "--device"):
+    p.add_argument(a)
+for a in ("-b", "--img-size", "--num-warm-iter", "--num-bench-iter"):
+    p.add_argument(a, type=int)
+p.add_argument("--no-retry", action="store_true")
+a = p.parse_args()
+m = timm.create_model(a.model).eval()          # only relzoo's registration makes a SAN name known to timm
+with torch.inference_mode():
+    m(torch.randn(a.b, 3, a.img_size, a.img_size))
+speed = {"san10_pair": 2.0, "resnet26": 8.0}[a.model]
+print("log lines first")
+print("--result\\n" + json.dumps({"model": a.model, "infer_samples_per_sec": speed, "train_samples_per_sec": speed / 4,
+                                   "argv": vars(a)}))
+'''
+
+
 @pytest.mark.slow
-def test_benchmark_quick_runs(tmp_path, monkeypatch):
+def test_benchmark_quick_runs_beside_timms_benchmark_script(tmp_path, monkeypatch):
+    """The quick SAN tables, and --timm_benchmark: the given benchmark.py (timm's own, from a pytorch-image-models
+    checkout; a stand-in with the same command line and output protocol here) runs once per model per round with
+    relzoo registered, its ratios are taken within each round, and the table puts them beside relzoo's."""
     import os
     import runpy
     import sys
 
-    argv = ["benchmark.py", "san", "--quick", "--json", str(tmp_path / "b.json")]
+    script = tmp_path / "benchmark.py"
+    script.write_text(STAND_IN_TIMM_BENCHMARK)
+    argv = ["benchmark.py", "san", "--quick", "--json", str(tmp_path / "b.json"), "--timm_benchmark", str(script),
+            "--timm_iters", "1", "2"]
     monkeypatch.setattr(sys, "argv", argv)      # restored afterwards: later tests read the program name from it
     result = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"](argv[1:])
     assert result["aggregation"][0]["memory_ratio"] > 1  # the reference holds the unfolded copy, the fast path does not
@@ -24,6 +50,12 @@ def test_benchmark_quick_runs(tmp_path, monkeypatch):
     pids = [pid for r in result["models"] for pid in r["processes"]]
     assert len(pids) == len(set(pids)) == len(rows) and os.getpid() not in pids  # one fresh process per model row
     assert (tmp_path / "b.json").is_file()
+    timm_rows = {r["model"]: r for r in result["timm"]}
+    assert set(timm_rows) == {"san10_pair", "resnet26"}
+    assert timm_rows["san10_pair"]["infer_vs_baseline"] == 0.25 and timm_rows["san10_pair"]["train_vs_baseline"] == 0.25
+    assert timm_rows["san10_pair"]["infer_images_per_s_range"] == (2.0, 2.0) and timm_rows["san10_pair"]["rounds"] == 1
+    low, high = rows["san10_pair"]["vs_baseline_range"]
+    assert low <= rows["san10_pair"]["vs_baseline"] <= high
 
 
 @pytest.mark.slow
@@ -76,45 +108,6 @@ def test_benchmark_plugins_quick_runs():
     assert [r["plugin_params"] > 0 for r in rows] == [False, True, True, True] * 2
 
 
-STAND_IN_TIMM_BENCHMARK = '''
-import argparse, json
-import timm, torch
-p = argparse.ArgumentParser()
-for a in ("--model", "--bench", "--device"):
-    p.add_argument(a)
-for a in ("-b", "--img-size", "--num-warm-iter", "--num-bench-iter"):
-    p.add_argument(a, type=int)
-p.add_argument("--no-retry", action="store_true")
-a = p.parse_args()
-m = timm.create_model(a.model).eval()          # only relzoo's registration makes a SAN name known to timm
-with torch.inference_mode():
-    m(torch.randn(a.b, 3, a.img_size, a.img_size))
-speed = {"san10_pair": 2.0, "resnet26": 8.0}[a.model]
-print("log lines first")
-print("--result\\n" + json.dumps({"model": a.model, "infer_samples_per_sec": speed, "train_samples_per_sec": speed / 4,
-                                   "argv": vars(a)}))
-'''
-
-
-def test_side_by_side_with_timms_benchmark_script(tmp_path):
-    """--timm_benchmark runs the given benchmark.py (timm's own, from a pytorch-image-models checkout; a stand-in
-    with the same command line and output protocol here) once per model per round with relzoo registered, and
-    takes its ratios within each round; the table puts them beside relzoo's."""
-    import runpy
-
-    script = tmp_path / "benchmark.py"
-    script.write_text(STAND_IN_TIMM_BENCHMARK)
-    main = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"]
-    result = main(["san", "--quick", "--skip_operators", "--models", "san10_pair", "resnet26",
-                   "--timm_benchmark", str(script), "--timm_iters", "1", "2"])
-    assert result["aggregation"] == [] and result["attention"] == []
-    rows = {r["model"]: r for r in result["timm"]}
-    assert set(rows) == {"san10_pair", "resnet26"}
-    assert rows["san10_pair"]["infer_vs_baseline"] == 0.25 and rows["san10_pair"]["train_vs_baseline"] == 0.25
-    assert rows["san10_pair"]["infer_images_per_s_range"] == (2.0, 2.0) and rows["san10_pair"]["rounds"] == 1
-    ours = {r["model"]: r for r in result["models"]}
-    low, high = ours["san10_pair"]["vs_baseline_range"]
-    assert low <= ours["san10_pair"]["vs_baseline"] <= high
 
 
 def test_benchmark_options_belong_to_their_benchmark(capsys):
