@@ -12,7 +12,8 @@ export HF_DATASETS_OFFLINE ?= 1
 .PHONY: install demo demo-san demo-hsnet app browser test test-fast lint bench bench-ctx bench-hsnet bench-plugins \
 	fewshot-table plugin-table fashion-mnist clean
 
-$(VENV)/.installed: pyproject.toml
+# setup.py builds relzoo._san_cpu (SAN's CPU kernels) from relzoo/csrc: editing them reinstalls (rebuilds)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard relzoo/csrc/*)
 	$(MAKE) --no-print-directory browser
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

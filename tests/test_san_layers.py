@@ -241,13 +241,17 @@ def test_autocast_bf16_runs():
     assert torch.isfinite(y.float()).all()
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["kernels", "pytorch"])
 @pytest.mark.parametrize("sa_type", ["pairwise", "patchwise"])
 @pytest.mark.parametrize("k,pad_mode,hw", [(3, "reflect", (9, 8)), (7, "reflect", (11, 13)), (5, "zeros", (6, 7))])
-def test_fused_inference_paths_match_reference_fp64(sa_type, k, pad_mode, hw):
-    """Inference (no autograd, BN with running statistics) runs the fused paths; they equal the unfold reference."""
+def test_fused_inference_paths_match_reference_fp64(sa_type, k, pad_mode, hw, native):
+    """Inference (no autograd, BN with running statistics) runs the fused paths, through the CPU kernels or the
+    PyTorch ones (relzoo.layers.san_native.disabled()); both equal the unfold reference."""
+    import contextlib
     from unittest import mock
 
     import relzoo.layers.san as san
+    from relzoo.layers import san_native
 
     torch.manual_seed(k)
     fast = SelfAttention2d(sa_type, 32, 4, 16, 8, k, pad_mode=pad_mode).double().eval()
@@ -255,12 +259,14 @@ def test_fused_inference_paths_match_reference_fp64(sa_type, k, pad_mode, hw):
     ref = SelfAttention2d(sa_type, 32, 4, 16, 8, k, pad_mode=pad_mode, implementation="reference").double().eval()
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(3, 32, *hw, dtype=torch.float64) * 2
-    fused = "pairwise_subtraction_attention_eval" if sa_type == "pairwise" else "patchwise_concat_hidden_eval"
-    with mock.patch.object(san, fused, wraps=getattr(san, fused)) as spy, torch.no_grad():
+    fused = ("pairwise_subtraction_attention_eval" if sa_type == "pairwise" else
+             "patchwise_concat_attention_eval" if native else "patchwise_concat_hidden_eval")
+    path = contextlib.nullcontext if native else san_native.disabled
+    with path(), mock.patch.object(san, fused, wraps=getattr(san, fused)) as spy, torch.no_grad():
         y = fast(x)
         assert spy.call_count == 1  # the fused path ran
         torch.testing.assert_close(y, ref(x), rtol=0, atol=1e-10)
-    with mock.patch.object(san, fused, wraps=getattr(san, fused)) as spy:
+    with path(), mock.patch.object(san, fused, wraps=getattr(san, fused)) as spy:
         fast(x)  # with autograd on, the differentiable ops run instead
         assert spy.call_count == 0
 

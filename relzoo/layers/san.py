@@ -7,17 +7,25 @@ pairwise or patchwise, with the official parameter names. This module only impor
 import torch
 from torch import nn
 
+from .san_native import usable as native_usable
 from .san_ops import (
     _PAD_MODES,
     Conv1x1,
     _check_geometry,
+    _pad,
     aggregation,
     aggregation_reference,
+    bn0_blocks,
     bn_scale_shift,
     conv1x1,
     footprint_padding,
+    official_bn0_order,
     output_size,
     pairwise_subtraction_attention_eval,
+    pairwise_subtraction_attention_train,
+    patchwise_blocks,
+    patchwise_concat_attention_eval,
+    patchwise_concat_attention_train,
     patchwise_concat_hidden_eval,
     position_grid,
     subtraction,
@@ -25,6 +33,7 @@ from .san_ops import (
     subtraction2_reference,
     subtraction_reference,
     unfold_footprint,
+    update_running_stats,
 )
 
 __all__ = ["SelfAttention2d", "PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "OFFICIAL_RELATIONS", "IMPLEMENTATIONS",
@@ -243,11 +252,103 @@ class SelfAttention2d(nn.Module):
             self.conv_w[0].eps, self.conv_w[2].weight, self._bn_tensors(False), self.conv_w[3].eps,
             self.conv_w[5].weight, w2_bias, self.kernel_size, self.pad_mode)
 
+    @torch.jit.unused
+    def _native_training(self, x: torch.Tensor) -> bool:
+        """Whether the weight network runs with batch statistics through the CPU kernels: the released relation,
+        fast operators, both BatchNorms of ``gamma`` normalising by batch statistics (training mode, affine), and
+        tensors the kernels take (CPU, float32 / float64; see :mod:`relzoo.layers.san_native`). Never while
+        ``torch.fx`` traces the module (its graph keeps the PyTorch operators, which are fx leaves)."""
+        bn0, bn3 = self.conv_w[0], self.conv_w[3]
+        return (self.relation == OFFICIAL_RELATIONS[self.sa_type] and self._fast() and bn0.training and bn3.training
+                and bn0.affine and bn3.affine and native_usable(x, self.conv1.weight))
+
+    @torch.jit.unused
+    def _native_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``conv1(x)``, and ``conv2(x)``, ``conv3(x)`` padded by ``kernel_size // 2``: the three 1x1 convolutions in
+        one product."""
+        cr, pad = self.rel_planes, footprint_padding(self.kernel_size)
+        qkv = conv1x1(x, torch.cat([self.conv1.weight, self.conv2.weight, self.conv3.weight]),
+                      torch.cat([self.conv1.bias, self.conv2.bias, self.conv3.bias]))
+        return (qkv[:, :cr].contiguous(), _pad(qkv[:, cr : 2 * cr], pad, self.pad_mode),
+                _pad(qkv[:, 2 * cr :], pad, self.pad_mode))
+
+    @torch.jit.unused
+    def _pairwise_native_train(self, x: torch.Tensor) -> torch.Tensor:
+        """Pairwise attention with batch statistics through :func:`pairwise_subtraction_attention_train`; the two
+        position channels (the same for every sample) are normalised by their statistics over taps and pixels here,
+        with autograd; the running statistics are updated as ``nn.BatchNorm2d`` updates them."""
+        n, _, h, w = x.shape
+        k, cr = self.kernel_size, self.rel_planes
+        bn0, bn3 = self.conv_w[0], self.conv_w[3]
+        x1, x2p, x3p = self._native_inputs(x)
+        p = self.conv_p(position_grid(h, w, x.device, x.dtype))
+        diff = subtraction(p, k, pad_mode=self.pad_mode)[0]                  # (2, K, L)
+        mean_p, var_p = diff.mean(dim=(1, 2)), diff.var(dim=(1, 2), unbiased=False)
+        scale_p = torch.rsqrt(var_p + bn0.eps) * bn0.weight[cr:]
+        hp = torch.addcmul((bn0.bias[cr:] - mean_p * scale_p).view(2, 1, 1), diff, scale_p.view(2, 1, 1))
+        w2 = self.conv_w[5].weight
+        out, stats = pairwise_subtraction_attention_train(
+            x1, x2p, x3p, hp.relu().view(2, k * k, h, w), bn0.weight[:cr], bn0.bias[:cr],
+            self.conv_w[2].weight.view(cr, cr + 2), bn3.weight, bn3.bias, w2.view(w2.shape[0], cr),
+            self.conv_w[5].bias, bn0.eps, bn3.eps, k)
+        count = n * k * k * h * w
+        self._update_running_stats(torch.cat([stats[0], mean_p.to(stats.dtype)]),
+                                   torch.cat([stats[1], var_p.to(stats.dtype)]), stats[3], stats[4], count)
+        return out
+
+    @torch.jit.unused
+    def _patchwise_native_train(self, x: torch.Tensor) -> torch.Tensor:
+        """Patchwise attention with batch statistics through :func:`patchwise_concat_attention_train`."""
+        n, _, h, w = x.shape
+        k, cr = self.kernel_size, self.rel_planes
+        bn0, bn3 = self.conv_w[0], self.conv_w[3]
+        x1, x2p, x3p = self._native_inputs(x)
+        gamma0, w1, w2, b2 = patchwise_blocks(bn0.weight, self.conv_w[2].weight.flatten(1),
+                                              self.conv_w[5].weight.flatten(1), self.conv_w[5].bias, cr, k)
+        out, stats0, stats3 = patchwise_concat_attention_train(
+            x1, x2p, x3p, gamma0, bn0_blocks(bn0.bias, cr, k), w1, bn3.weight, bn3.bias, w2, b2, bn0.eps, bn3.eps, k)
+        self._update_running_stats(official_bn0_order(stats0[0]), official_bn0_order(stats0[1]), stats3[0],
+                                   stats3[1], n * h * w)
+        return out
+
+    @torch.jit.unused
+    def _update_running_stats(self, mean0: torch.Tensor, var0: torch.Tensor, mean3: torch.Tensor,
+                              var3: torch.Tensor, count: int) -> None:
+        """Both BatchNorms of ``gamma`` from their batch statistics (biased variances over ``count`` values each)."""
+        for bn, mean, var in ((self.conv_w[0], mean0, var0), (self.conv_w[3], mean3, var3)):
+            if bn.track_running_stats:
+                update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.momentum, mean,
+                                     var, count)
+
+    @torch.jit.unused
+    def _patchwise_fused_native(self, x: torch.Tensor) -> torch.Tensor:
+        cr = self.rel_planes
+        qkv_weight = torch.cat([self.conv1.weight, self.conv2.weight, self.conv3.weight]).flatten(1)
+        qkv_bias = torch.cat([self.conv1.bias, self.conv2.bias, self.conv3.bias])
+        return patchwise_concat_attention_eval(x, qkv_weight, qkv_bias, cr, self._bn_tensors(True),
+                                               self.conv_w[0].eps, self.conv_w[2].weight, self._bn_tensors(False),
+                                               self.conv_w[3].eps, self.conv_w[5].weight, self.conv_w[5].bias,
+                                               self.kernel_size, self.pad_mode)
+
+    @torch.jit.unused
+    def _native_inference(self, x: torch.Tensor) -> bool:
+        """Whether the patchwise fused inference runs through the CPU kernel (the pairwise one decides inside its
+        operator)."""
+        return (self.relation == "concatenation" and self._inference_fusable()
+                and native_usable(x, self.conv1.weight))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_planes, H, W)`` -> ``(N, out_planes, H, W)``."""
         if hasattr(self, "conv_p"):
             if self.relation == "subtraction" and self._inference_fusable():
                 return self._pairwise_fused(x)
+            if not torch.jit.is_scripting() and self._native_training(x):
+                return self._pairwise_native_train(x)
+        elif not torch.jit.is_scripting():
+            if self._native_inference(x):
+                return self._patchwise_fused_native(x)
+            if self._native_training(x):
+                return self._patchwise_native_train(x)
         x1, x2, x3 = self.conv1(x), self.conv2(x), self.conv3(x)
         if self.sa_type == "pairwise":
             rel = self._pairwise_relation(x1, x2)

@@ -20,9 +20,17 @@ Every operator has two paths:
   custom autograd function, so neither the forward nor the backward ever holds a ``k*k``-times unfolded copy of
   the input. Tests compare both paths in float64 (forward and gradients).
 
-In inference (no autograd, BatchNorm with running statistics) :class:`SelfAttention2d` runs fused paths: the
-pairwise weight network and the softmax over the footprint are evaluated one footprint row at a time with an online
-softmax (:func:`pairwise_subtraction_attention_eval`), the patchwise weight network one tap at a time.
+The released relations (pairwise subtraction, patchwise concatenation) also run whole, weight network included, as
+fused operators:
+
+* on the CPU, through the compiled kernels of :mod:`relzoo.layers.san_native` (``relzoo/csrc``): in inference
+  (:func:`pairwise_subtraction_attention_eval`, :func:`patchwise_concat_attention_eval`) and in training with batch
+  statistics in the weight network's BatchNorms (:func:`pairwise_subtraction_attention_train`,
+  :func:`patchwise_concat_attention_train`: streaming statistics, the relation never held, a backward pass that
+  recomputes it segment by segment);
+* elsewhere (CUDA, bf16 autocast, kernels not built), inference runs the PyTorch fused paths below (the pairwise
+  weight network and the softmax one footprint row at a time with an online softmax, the patchwise weight network
+  one tap at a time) and training the tap-loop operators.
 
 Tracing and scripting: the operators are ``torch.fx`` leaf functions (``torch.fx.wrap``), so a traced graph calls
 them (tensor-dependent checks and branches run at call time, BatchNorm buffers stay graph inputs), and TorchScript
@@ -35,7 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["footprint_padding", "output_size", "aggregation_reference", "aggregation", "subtraction2_reference", "subtraction2", "subtraction_reference", "subtraction", "unfold_footprint", "conv1x1", "Conv1x1", "bn_scale_shift", "position_grid", "pairwise_subtraction_attention_eval", "patchwise_concat_hidden_eval"]
+from .san_native import pair_eval as _native_pair_eval
+from .san_native import pair_train_backward as _native_pair_train_backward
+from .san_native import pair_train_forward as _native_pair_train_forward
+from .san_native import patch_eval as _native_patch_eval
+from .san_native import patch_train_backward as _native_patch_train_backward
+from .san_native import patch_train_forward as _native_patch_train_forward
+from .san_native import usable as _native_usable
+
+__all__ = ["footprint_padding", "output_size", "aggregation_reference", "aggregation", "subtraction2_reference", "subtraction2", "subtraction_reference", "subtraction", "unfold_footprint", "conv1x1", "Conv1x1", "bn_scale_shift", "position_grid", "pairwise_subtraction_attention_eval", "patchwise_concat_hidden_eval",
+           "pairwise_subtraction_attention_train", "update_running_stats", "patchwise_blocks", "bn0_blocks",
+           "official_bn0_order", "patchwise_concat_attention_eval", "patchwise_concat_attention_train"]
 
 _PAD_MODES = ("reflect", "zeros")
 
@@ -441,6 +459,27 @@ def bn_scale_shift(weight: torch.Tensor | None, bias: torch.Tensor | None, runni
     return scale, shift
 
 
+def update_running_stats(running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                         num_batches_tracked: torch.Tensor | None, momentum: float | None, mean: torch.Tensor,
+                         var: torch.Tensor, count: int) -> None:
+    """Update BatchNorm running statistics in place as ``nn.BatchNorm2d`` does in training: ``num_batches_tracked``
+    + 1, then ``running = (1 - f) * running + f * batch`` with ``f = momentum`` (or ``1 / num_batches_tracked`` when
+    ``momentum`` is None), the variance unbiased (``var * count / (count - 1)``). ``var`` is the biased variance."""
+    if running_mean is None or running_var is None:
+        return
+    with torch.no_grad():
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        if momentum is None:
+            assert num_batches_tracked is not None
+            factor = 1.0 / num_batches_tracked.item()
+        else:
+            factor = momentum
+        unbiased = var.detach() * (count / max(count - 1, 1))
+        running_mean.mul_(1 - factor).add_(mean.detach().to(running_mean.dtype), alpha=factor)
+        running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # fused inference paths of the self-attention module
 # ----------------------------------------------------------------------------------------------------------------
@@ -465,6 +504,10 @@ def _pairwise_attention_eval(
     cr, cw = rel_planes, w2.shape[0]
     s0, t0 = bn_scale_shift(bn0[0], bn0[1], bn0[2], bn0[3], eps0)
     s3, t3 = bn_scale_shift(bn3[0], bn3[1], bn3[2], bn3[3], eps3)
+    if not torch.jit.is_scripting():
+        if _native_ok(x, qkv_weight, qkv_bias, pos_weight, pos_bias, w1, w2, b2, s0, t0, s3, t3):
+            return _pairwise_attention_eval_native(x, qkv_weight, qkv_bias, cr, pos_weight, pos_bias, s0, t0, w1, s3,
+                                                   t3, w2, b2, k, pad_mode)
     a, b, v = _pairwise_eval_inputs(x, qkv_weight, qkv_bias, cr, s0[:cr], t0[:cr], cw, kernel_size, pad_mode)
     dtype = a.dtype  # bf16 under autocast: keep every tensor in it
     s0, t0, s3, t3 = s0.to(dtype), t0.to(dtype), s3.to(dtype), t3.to(dtype)
@@ -527,6 +570,263 @@ def _pairwise_attention_eval(
     out = torch.empty(n, cm, h, w, device=x.device, dtype=dtype)
     torch.div(acc, running_sum, out=out.transpose(0, 1).view(groups, cw, n, h, w))
     return out
+
+
+@torch.jit.unused
+def _native_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernels take these tensors (see :func:`relzoo.layers.san_native.usable`)."""
+    return _native_usable(*tensors)
+
+
+@torch.jit.unused
+def _pairwise_attention_eval_native(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, cr: int,
+                                    pos_weight: torch.Tensor, pos_bias: torch.Tensor, s0: torch.Tensor,
+                                    t0: torch.Tensor, w1: torch.Tensor, s3: torch.Tensor, t3: torch.Tensor,
+                                    w2: torch.Tensor, b2: torch.Tensor, k: int, pad_mode: str) -> torch.Tensor:
+    """:func:`pairwise_subtraction_attention_eval` through the CPU kernel: the three 1x1 convolutions in one product,
+    BN0 applied to the centre term and its scale to the neighbour term, BN3 folded into the first product, the two
+    position channels (the same for every sample) after BN0 and ReLU computed once; then one fused pass per segment
+    of a row."""
+    n, c_in, h, w = x.shape
+    pad = footprint_padding(k)
+    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1), x.reshape(n, c_in, h * w))
+    qkv = qkv.view(n, -1, h, w)
+    a = torch.addcmul(t0[:cr].view(1, -1, 1, 1), qkv[:, :cr], s0[:cr].view(1, -1, 1, 1))
+    bp = _pad(qkv[:, cr : 2 * cr] * s0[:cr].view(1, -1, 1, 1), pad, pad_mode)
+    vp = _pad(qkv[:, 2 * cr :], pad, pad_mode)
+    p = conv1x1(position_grid(h, w, x.device, x.dtype), pos_weight, pos_bias)
+    diff = subtraction(p, k, pad_mode=pad_mode)[0]                               # (2, K, L)
+    hp = torch.addcmul(t0[cr:].view(2, 1, 1), diff, s0[cr:].view(2, 1, 1)).relu_().view(2, k * k, h, w)
+    return _native_pair_eval(a, bp, vp, hp, w1.view(cr, cr + 2) * s3[:, None], t3, w2.view(w2.shape[0], cr), b2,
+                                k)
+
+
+def _pairwise_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, hp: torch.Tensor,
+                            gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
+                            beta3: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, eps0: float, eps3: float,
+                            kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _native_pair_train_forward(x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3,
+                                         kernel_size)
+
+
+def _pairwise_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor,
+                             hp: torch.Tensor, u: torch.Tensor, wsm: torch.Tensor, stats: torch.Tensor,
+                             gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
+                             beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> list[torch.Tensor]:
+    return list(_native_pair_train_backward(grad_out, x1, x2p, x3p, hp, u, wsm, stats, gamma0, beta0, w1, gamma3,
+                                               beta3, w2, kernel_size))
+
+
+_pairwise_train_op = torch.library.custom_op("relzoo::san_pairwise_attention_train", _pairwise_train_forward,
+                                             mutates_args=())
+_pairwise_train_backward_op = torch.library.custom_op("relzoo::san_pairwise_attention_train_backward",
+                                                      _pairwise_train_backward, mutates_args=())
+
+
+@_pairwise_train_op.register_fake
+def _(x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3, kernel_size):
+    n, cr, h, w = x1.shape
+    k2 = kernel_size * kernel_size
+    return (x1.new_empty(n, x3p.shape[1], h, w), x1.new_empty(n, k2, cr, h, w),
+            x1.new_empty(n, k2, w2.shape[0], h, w), x1.new_empty(6, cr))
+
+
+def _contiguous_like(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Fake outputs: the kernels' gradients are new C-contiguous tensors, whatever the inputs' strides."""
+    return [t.new_empty(t.shape) for t in tensors]
+
+
+@_pairwise_train_backward_op.register_fake
+def _(grad_out, x1, x2p, x3p, hp, u, wsm, stats, gamma0, beta0, w1, gamma3, beta3, w2, kernel_size):
+    return _contiguous_like(x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2) + [w2.new_empty(w2.shape[0])]
+
+
+def _pairwise_train_setup_context(ctx, inputs, output):
+    x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3, kernel_size = inputs
+    _, u, wsm, stats = output
+    ctx.mark_non_differentiable(u, wsm, stats)
+    ctx.save_for_backward(x1, x2p, x3p, hp, u, wsm, stats, gamma0, beta0, w1, gamma3, beta3, w2)
+    ctx.kernel_size = kernel_size
+
+
+def _pairwise_train_grad(ctx, grad_out, grad_u, grad_wsm, grad_stats):
+    grads = _pairwise_train_backward_op(grad_out, *ctx.saved_tensors, ctx.kernel_size)
+    return (*grads, None, None, None)
+
+
+_pairwise_train_op.register_autograd(_pairwise_train_grad, setup_context=_pairwise_train_setup_context)
+
+
+def pairwise_subtraction_attention_train(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, hp: torch.Tensor,
+                                         gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor,
+                                         gamma3: torch.Tensor, beta3: torch.Tensor, w2: torch.Tensor,
+                                         b2: torch.Tensor, eps0: float, eps3: float,
+                                         kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released pairwise SAM's weight network, softmax and aggregation with **batch statistics** in both
+    BatchNorms, through the CPU kernels, differentiable in every tensor argument.
+
+    ``x1 = conv1(x)`` ``(N, Cr, H, W)``; ``x2p``, ``x3p``: ``conv2(x)``, ``conv3(x)`` padded by ``kernel_size // 2``
+    (the caller's padding: its autograd folds the padded gradient back); ``hp`` ``(2, K, H, W)``: the two position
+    channels ``relu(BN0(p_i - p_j))`` (the same for every sample, normalised by the caller); ``gamma0, beta0``: BN0
+    of the ``Cr`` relation channels; ``w1`` ``(Cr, Cr + 2)``: the first product; ``gamma3, beta3``: BN3; ``w2``
+    ``(Cw, Cr)``, ``b2``: the second product.
+
+    The relation ``x1[centre] - x2~[neighbour]`` and the activations computed from it are never held: BN0's
+    statistics come from a streaming pass over the taps, the first product ``u`` ``(N, K, Cr, H, W)`` is kept (BN3's
+    statistics taken as it is written) and so are the attention weights ``(N, K, Cw, H, W)``; the backward pass
+    recomputes the rest segment by segment.
+
+    Returns ``out`` ``(N, Cm, H, W)`` and ``stats`` ``(6, Cr)``: BN0's batch mean, biased variance, inverse standard
+    deviation on the relation channels, then BN3's (for the running statistics).
+    """
+    out, _, _, stats = _pairwise_train_op(x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3,
+                                          kernel_size)
+    return out, stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# patchwise (concatenation) attention through the CPU kernels
+# ----------------------------------------------------------------------------------------------------------------
+def patchwise_blocks(bn0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, rel_planes: int,
+                     kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The patchwise weight network's parameters in the kernels' blocks (differentiable views and copies).
+
+    ``bn0`` ``(Cr (K + 1),)`` (any per-channel vector of BN0, official order: the ``Cr`` centre channels, then
+    channel ``Cr + c K + j`` for tap ``j``) -> ``(K + 1, Cr)``; ``w1`` ``(Cw, Cr (K + 1))`` -> ``(K + 1, Cw, Cr)``;
+    ``w2`` ``(K Cw, Cw)`` (row ``q K + j``) -> ``(K, Cw, Cw)``; ``b2`` ``(K Cw,)`` -> ``(K, Cw)``.
+    """
+    cr, k2 = rel_planes, kernel_size * kernel_size
+    cw = w1.shape[0]
+    w1b = torch.cat([w1[:, :cr].unsqueeze(0), w1[:, cr:].reshape(cw, cr, k2).permute(2, 0, 1)])
+    return (bn0_blocks(bn0, cr, kernel_size), w1b, w2.reshape(cw, k2, cw).transpose(0, 1).contiguous(),
+            b2.view(cw, k2).t().contiguous())
+
+
+def bn0_blocks(bn0: torch.Tensor, rel_planes: int, kernel_size: int) -> torch.Tensor:
+    """A per-channel vector of the patchwise BN0 in blocks: ``(Cr (K + 1),)`` -> ``(K + 1, Cr)``."""
+    cr = rel_planes
+    return torch.cat([bn0[:cr].view(1, cr), bn0[cr:].view(cr, kernel_size * kernel_size).t()])
+
+
+def official_bn0_order(blocks: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`patchwise_blocks` for a BN0 vector: ``(K + 1, Cr)`` -> ``(Cr (K + 1),)``."""
+    return torch.cat([blocks[0], blocks[1:].t().reshape(-1)])
+
+
+def _patchwise_attention_eval_native(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, cr: int,
+                                     bn0: list[torch.Tensor], eps0: float, w1: torch.Tensor, bn3: list[torch.Tensor],
+                                     eps3: float, w2: torch.Tensor, b2: torch.Tensor, k: int,
+                                     pad_mode: str) -> torch.Tensor:
+    n, c_in, h, w = x.shape
+    pad = footprint_padding(k)
+    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1), x.reshape(n, c_in, h * w))
+    qkv = qkv.view(n, -1, h, w)
+    s0, t0 = bn_scale_shift(bn0[0], bn0[1], bn0[2], bn0[3], eps0)
+    s3, t3 = bn_scale_shift(bn3[0], bn3[1], bn3[2], bn3[3], eps3)
+    w1 = w1.flatten(1) * s3[:, None]                                             # BN3 folded into the first product
+    s0b, w1b, w2b, b2b = patchwise_blocks(s0, w1, w2.flatten(1), b2, cr, k)
+    t0b = bn0_blocks(t0, cr, k)
+    x1 = qkv[:, :cr]
+    x2p, vp = _pad(qkv[:, cr : 2 * cr], pad, pad_mode), _pad(qkv[:, 2 * cr :], pad, pad_mode)
+    return _native_patch_eval(x1, x2p, vp, s0b, t0b, w1b, t3, w2b, b2b, k)
+
+
+def patchwise_concat_attention_eval(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
+                                    rel_planes: int, bn0: list[torch.Tensor], eps0: float, w1: torch.Tensor,
+                                    bn3: list[torch.Tensor], eps3: float, w2: torch.Tensor, b2: torch.Tensor,
+                                    kernel_size: int, pad_mode: str) -> torch.Tensor:
+    """The released patchwise SAM in inference through the CPU kernel: ``x`` ``(N, C_in, H, W)`` ->
+    ``(N, C_mid, H, W)``, equal to ``aggregation(conv3(x), gamma([x1, unfold(x2)]))`` with both BatchNorms of
+    ``gamma`` using their running statistics, without the ``(N, C_rel (K + 1), L)`` relation or the ``(N, Cw, K, L)``
+    weights. Arguments as :func:`pairwise_subtraction_attention_eval` (``w1 = conv_w[2].weight``,
+    ``w2, b2 = conv_w[5]``). Callers check :func:`relzoo.layers.san_native.usable` first."""
+    return _patchwise_attention_eval_op(x, qkv_weight, qkv_bias, rel_planes, bn0, eps0, w1, bn3, eps3, w2, b2,
+                                        kernel_size, pad_mode)
+
+
+_patchwise_attention_eval_op = torch.library.custom_op("relzoo::san_patchwise_attention_eval",
+                                                       _patchwise_attention_eval_native, mutates_args=())
+
+
+@_patchwise_attention_eval_op.register_fake
+def _(x, qkv_weight, qkv_bias, rel_planes, bn0, eps0, w1, bn3, eps3, w2, b2, kernel_size, pad_mode):
+    return x.new_empty(x.shape[0], qkv_weight.shape[0] - 2 * rel_planes, x.shape[2], x.shape[3])
+
+
+def _patchwise_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, gamma0: torch.Tensor,
+                             beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor, beta3: torch.Tensor,
+                             w2: torch.Tensor, b2: torch.Tensor, eps0: float, eps3: float,
+                             kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor]:
+    return _native_patch_train_forward(x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3,
+                                          kernel_size)
+
+
+def _patchwise_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor,
+                              u: torch.Tensor, wts: torch.Tensor, stats0: torch.Tensor, stats3: torch.Tensor,
+                              gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
+                              beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> list[torch.Tensor]:
+    return list(_native_patch_train_backward(grad_out, x1, x2p, x3p, u, wts, stats0, stats3, gamma0, beta0, w1,
+                                                gamma3, beta3, w2, kernel_size))
+
+
+_patchwise_train_op = torch.library.custom_op("relzoo::san_patchwise_attention_train", _patchwise_train_forward,
+                                              mutates_args=())
+_patchwise_train_backward_op = torch.library.custom_op("relzoo::san_patchwise_attention_train_backward",
+                                                       _patchwise_train_backward, mutates_args=())
+
+
+@_patchwise_train_op.register_fake
+def _(x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3, kernel_size):
+    n, cr, h, w = x1.shape
+    k2, cw = kernel_size * kernel_size, w1.shape[1]
+    return (x1.new_empty(n, x3p.shape[1], h, w), x1.new_empty(n, cw, h, w), x1.new_empty(n, k2, cw, h, w),
+            x1.new_empty(3, k2 + 1, cr), x1.new_empty(3, cw))
+
+
+@_patchwise_train_backward_op.register_fake
+def _(grad_out, x1, x2p, x3p, u, wts, stats0, stats3, gamma0, beta0, w1, gamma3, beta3, w2, kernel_size):
+    k2 = kernel_size * kernel_size
+    return (_contiguous_like(x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2)
+            + [w2.new_empty(k2, w2.shape[1])])
+
+
+def _patchwise_train_setup_context(ctx, inputs, output):
+    x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3, kernel_size = inputs
+    _, u, wts, stats0, stats3 = output
+    ctx.mark_non_differentiable(u, wts, stats0, stats3)
+    ctx.save_for_backward(x1, x2p, x3p, u, wts, stats0, stats3, gamma0, beta0, w1, gamma3, beta3, w2)
+    ctx.kernel_size = kernel_size
+
+
+def _patchwise_train_grad(ctx, grad_out, grad_u, grad_wts, grad_stats0, grad_stats3):
+    grads = _patchwise_train_backward_op(grad_out, *ctx.saved_tensors, ctx.kernel_size)
+    return (*grads, None, None, None)
+
+
+_patchwise_train_op.register_autograd(_patchwise_train_grad, setup_context=_patchwise_train_setup_context)
+
+
+def patchwise_concat_attention_train(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, gamma0: torch.Tensor,
+                                     beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
+                                     beta3: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, eps0: float,
+                                     eps3: float, kernel_size: int) -> tuple[torch.Tensor, ...]:
+    """The released patchwise SAM's weight network and aggregation with **batch statistics** in both BatchNorms,
+    through the CPU kernels, differentiable in every tensor argument.
+
+    ``x1 = conv1(x)`` ``(N, Cr, H, W)``; ``x2p``, ``x3p``: ``conv2(x)``, ``conv3(x)`` padded by ``kernel_size // 2``;
+    BN0, the first and the second product in the blocks of :func:`patchwise_blocks`: ``gamma0, beta0``
+    ``(K + 1, Cr)``, ``w1`` ``(K + 1, Cw, Cr)``, ``w2`` ``(K, Cw, Cw)``, ``b2`` ``(K, Cw)``; ``gamma3, beta3`` BN3.
+
+    Neither the ``(N, Cr (K + 1), L)`` relation nor BN0's output is held: BN0's statistics come from a streaming pass
+    over the taps, the first product ``u`` ``(N, Cw, H, W)`` and the weights ``(N, K, Cw, H, W)`` are kept.
+
+    Returns ``out`` ``(N, Cm, H, W)``, BN0's statistics ``(3, K + 1, Cr)`` and BN3's ``(3, Cw)`` (mean, biased
+    variance, inverse standard deviation).
+    """
+    out, _, _, stats0, stats3 = _patchwise_train_op(x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0,
+                                                    eps3, kernel_size)
+    return out, stats0, stats3
 
 
 def pairwise_subtraction_attention_eval(
@@ -642,5 +942,5 @@ def _(x1, x2, conv_weight, bn, eps, kernel_size, pad_mode):
 # every operator is a leaf of torch.fx graphs: checks and tensor-dependent branches run when the graph runs
 for _name in ("aggregation", "aggregation_reference", "subtraction2", "subtraction2_reference", "subtraction",
               "subtraction_reference", "unfold_footprint", "conv1x1", "position_grid",
-              "pairwise_subtraction_attention_eval", "patchwise_concat_hidden_eval"):
+              "pairwise_subtraction_attention_eval", "patchwise_concat_hidden_eval", "patchwise_concat_attention_eval"):
     torch.fx.wrap(_name)

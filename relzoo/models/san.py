@@ -38,12 +38,11 @@ from ..hub_access import hub_unreachable, not_reachable_message
 from ..layers.san import (
     Conv1x1,
     SelfAttention2d,
-    bn_scale_shift,
     check_attention_args,
-    conv1x1,
     footprint_padding,
     onnx_exporting,
 )
+from ..layers.san_stem import max_pool_2x2, stem_eval, stem_train
 from ..registry import Family, register_family
 from .activation_checkpointing import batchnorm_safe_checkpoint_func, checkpoint_modules
 from .checksummed_loading import ChecksummedPretrainedMixin
@@ -153,57 +152,6 @@ def check_pixel_values(x, in_chans: int, min_size: int, dtype: torch.dtype, trai
         check_finite("pixel_values", x)
 
 
-def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, 2)``; without autograd it runs as element-wise maxima of the four strided views.
-
-    Same values either way. The strided form is about 6x faster on CPU for NCHW maps in inference, but its
-    backward (ties, masks) is slower than max-pool's, so training uses ``F.max_pool2d``.
-    """
-    if x.requires_grad and torch.is_grad_enabled():
-        return nn.functional.max_pool2d(x, 2, 2)
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    out = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
-    torch.maximum(out, x[..., 1:h:2, 0:w:2], out=out)
-    return torch.maximum(out, x[..., 1:h:2, 1:w:2], out=out)
-
-
-def _stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor], eps: float,
-               band_bytes: int = 8 << 20) -> torch.Tensor:
-    """Implementation of :func:`stem_eval` (plain torch; TorchScript compiles it)."""
-    scale, shift = bn_scale_shift(bn[0], bn[1], bn[2], bn[3], eps)
-    weight = conv_weight * scale.view(-1, 1, 1, 1)
-    n, c_out, h, w = x.shape[0], weight.shape[0], x.shape[2] // 2, x.shape[3] // 2
-    out = torch.empty(n, c_out, h, w, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
-    rows = max(1, band_bytes // max(1, n * c_out * 2 * 2 * w * out.element_size()))
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        band = conv1x1(x[:, :, 2 * r0 : 2 * r1, : 2 * w].contiguous(), weight, shift).relu_()
-        out[:, :, r0:r1] = max_pool_2x2(band)
-    return out
-
-
-# an opaque operator for torch.compile / torch.export / jit.trace (the band loop is not unrolled); TorchScript
-# compiles the plain implementation
-_stem_eval_op = torch.library.custom_op("relzoo::san_stem_eval", _stem_eval, mutates_args=())
-
-
-@_stem_eval_op.register_fake
-def _(x, conv_weight, bn, eps, band_bytes=8 << 20):
-    return x.new_empty(x.shape[0], conv_weight.shape[0], x.shape[2] // 2, x.shape[3] // 2,
-                       dtype=torch.promote_types(x.dtype, conv_weight.dtype))
-
-
-def stem_eval(x: torch.Tensor, conv_weight: torch.Tensor, bn: list[torch.Tensor], eps: float,
-              band_bytes: int = 8 << 20) -> torch.Tensor:
-    """The stem in inference, ``max_pool_2x2(relu(bn(conv1x1(x))))`` with BN folded into the conv, computed in bands
-    of output rows so that the full-resolution ``(N, C, H, W)`` map (the largest of the network) is never held:
-    each band of about ``band_bytes`` is convolved, rectified and pooled while it is in cache.
-    ``x: (N, C_in, H, W)`` -> ``(N, C, H // 2, W // 2)``."""
-    if torch.jit.is_scripting():
-        return _stem_eval(x, conv_weight, bn, eps, band_bytes)
-    return _stem_eval_op(x, conv_weight, bn, eps, band_bytes)
-
-
 #: inference features (after each stage's BatchNorm + ReLU, so O(1-100) in a healthy model) above this mean the
 #: running statistics do not describe the activations (4e4 -> 8e7 -> 2e14 -> 1e27, stage after stage, measured)
 UNSETTLED_FEATURE_LIMIT = 1e6
@@ -232,7 +180,7 @@ UNSETTLED_BN_WARNING = (
     "if it persists the model needs more training (see the README, 'Short runs and BatchNorm')")
 
 
-for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval"):  # torch.fx leaf functions
+for _name in ("check_pixel_values", "max_pool_2x2", "stem_eval", "stem_train"):  # torch.fx leaf functions
     torch.fx.wrap(_name)
 
 
@@ -288,11 +236,17 @@ class SANStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_pixel_values(x, self.in_chans, self.min_size, self.conv.weight.dtype, self.training)
-        if torch.is_grad_enabled() or self.bn.training or self.bn.running_var is None or onnx_exporting():
-            return self.pool(self.act(self.bn(self.conv(x))))
-        w, b, mean, var = self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var
+        bn = self.bn
+        if torch.jit.is_scripting() or onnx_exporting():
+            return self.pool(self.act(bn(self.conv(x))))
+        if bn.training or bn.running_var is None:   # batch statistics (as nn.BatchNorm2d decides)
+            track = bn.training and bn.track_running_stats
+            return stem_train(x, self.conv.weight, bn.weight, bn.bias, bn.running_mean if track else None,
+                              bn.running_var if track else None, bn.num_batches_tracked if track else None,
+                              bn.momentum, bn.eps)
+        w, b, mean, var = bn.weight, bn.bias, bn.running_mean, bn.running_var
         assert w is not None and b is not None and mean is not None and var is not None
-        return stem_eval(x, self.conv.weight, [w, b, mean, var], self.bn.eps)
+        return stem_eval(x, self.conv.weight, [w, b, mean, var], bn.eps)   # buffers stay fx graph inputs
 
 
 class SANStage(nn.Module):
