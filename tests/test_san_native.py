@@ -228,3 +228,55 @@ def test_kernels_refuse_tensors_of_another_dtype():
     with pytest.raises(TypeError, match="takes torch.float32 CPU tensors, got torch.bfloat16"):
         san_native.pair_eval(a, torch.zeros(1, 4, 7, 7).bfloat16(), torch.zeros(1, 8, 7, 7), torch.zeros(2, 9, 5, 5),
                              torch.zeros(4, 6), torch.zeros(4), torch.zeros(2, 4), torch.zeros(2), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9)])
+def test_max_pool_2x2_equals_max_pool2d(dtype, hw):
+    """The 2 x 2 max-pool operator (byte argmax, no zero fill): F.max_pool2d's values and gradients exactly, ties
+    (the first maximum of a window in row-major order), NaN and odd sizes included."""
+    from relzoo.layers.san_stem import max_pool_2x2
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *hw, dtype=dtype)
+    x[0, 0, :2, :4] = 1.0                    # ties inside windows
+    x[1, 2, 2, 3] = float("nan")
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = max_pool_2x2(a), torch.nn.functional.max_pool2d(b, 2, 2)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
+    assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (33, 35)])
+def test_stem_training_without_the_full_resolution_map(hw):
+    """SAN's stem in training (batch statistics from the input's moments, banded conv + BN + ReLU + max-pool, the
+    backward through the kernels' pool-and-ReLU route or PyTorch's) equals the layer-by-layer stem: output, input,
+    weight and BatchNorm gradients, running statistics, num_batches_tracked (float64)."""
+    from relzoo.layers.san_stem import stem_train
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 1, bias=False).double()
+    bn = torch.nn.BatchNorm2d(8).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 3, *hw, dtype=torch.float64)
+    g = torch.randn(3, 8, hw[0] // 2, hw[1] // 2, dtype=torch.float64)
+    ref_conv, ref_bn = copy.deepcopy(conv), copy.deepcopy(bn)
+    xr = x.clone().requires_grad_()
+    torch.nn.functional.max_pool2d(torch.relu(ref_bn(ref_conv(xr))), 2).backward(g)
+    for native in (True, False):
+        c, b = copy.deepcopy(conv), copy.deepcopy(bn)
+        xs = x.clone().requires_grad_()
+        with (torch.enable_grad() if native else san_native.disabled()):
+            y = stem_train(xs, c.weight, b.weight, b.bias, b.running_mean, b.running_var, b.num_batches_tracked,
+                           b.momentum, b.eps, band_bytes=3000)   # a few rows per band
+            y.backward(g)
+        for got, want in ((xs.grad, xr.grad), (c.weight.grad, ref_conv.weight.grad), (b.weight.grad, ref_bn.weight.grad),
+                          (b.bias.grad, ref_bn.bias.grad), (b.running_mean, ref_bn.running_mean),
+                          (b.running_var, ref_bn.running_var)):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        assert int(b.num_batches_tracked) == 1

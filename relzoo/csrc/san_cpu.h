@@ -107,9 +107,16 @@ template <typename T, int V> struct Vx {
         for (int t = 0; t < V; ++t) r += (double)s[t];
         return r;
     }
-    static RZ_INLINE it lane_mask(int n) {  // -1 (all bits) in lanes < n, 0 elsewhere
-        it m = it{};
-        for (int t = 0; t < n; ++t) m[t] = -1;
+    struct MaskTable {  // V ones (-1) then V zeros: lanes < n of the vector at table + V - n are -1
+        typename std::remove_reference<decltype(it{}[0])>::type v[2 * V];
+        MaskTable() {
+            for (int t = 0; t < 2 * V; ++t) v[t] = t < V ? -1 : 0;
+        }
+    };
+    static RZ_INLINE it lane_mask(int n) {  // -1 (all bits) in lanes < n, 0 elsewhere: one load from a table
+        static const MaskTable table;
+        it m;
+        std::memcpy(&m, table.v + V - n, sizeof(it));
         return m;
     }
     static RZ_INLINE vt masked(vt v, int n, it keep) { return n == V ? v : (keep ? v : vt{}); }
@@ -281,18 +288,23 @@ void aggregation_grad_values(const T* w, const T* gout, T* gvp, i64 N, i64 Cw, i
         const T* gp_end = gp + HWp;
         std::memset(gp, 0, sizeof(T) * HWp);
         const T* go = gout + plane * HW;
+        const i64 wfull = W / V * V;
+        const int tail = (int)(W - wfull);
+        const it keep = X::lane_mask(tail);
         for (i64 j = 0; j < g.K; ++j) {
             const T* wj = w + ((n * g.K + j) * Cw + q) * HW;
             T* gj = gp + g.off[j];
-            for (i64 h = 0; h < H; ++h)
-                for (i64 w0 = 0; w0 < W; w0 += V) {
-                    const int nl = (int)imin(V, W - w0);
-                    const it keep = X::lane_mask(nl);
-                    const i64 o = h * W + w0;
-                    T* dst = gj + h * g.Wp + w0;
-                    const vt add = X::loadm(wj + o, nl, w_end, keep) * X::loadm(go + o, nl, g_end, keep);
-                    X::storem(dst, X::loadm(dst, nl, gp_end, keep) + add, nl, gp_end, keep);
+            for (i64 h = 0; h < H; ++h) {
+                const T* wr = wj + h * W;
+                const T* gr = go + h * W;
+                T* dr = gj + h * g.Wp;
+                for (i64 w0 = 0; w0 < wfull; w0 += V)
+                    X::store(dr + w0, X::load(dr + w0) + X::load(wr + w0) * X::load(gr + w0));
+                if (tail) {
+                    const vt add = X::loadm(wr + wfull, tail, w_end, keep) * X::loadm(gr + wfull, tail, g_end, keep);
+                    X::storem(dr + wfull, X::loadm(dr + wfull, tail, gp_end, keep) + add, tail, gp_end, keep);
                 }
+            }
         }
     }
 }
@@ -325,7 +337,7 @@ void pair_eval(const T* a, const T* bp, const T* vp, const T* hp, const T* w1, c
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 c = 0; c < Cr; ++c) A[c] = X::loadm(a + ((n * Cr + c) * H + h) * W + w0, nl, a_end, keep);
             for (i64 j = 0; j < K; ++j) {
                 const T* bj = bp + n * Cr * HWp + h * g.Wp + w0 + g.off[j];
@@ -382,7 +394,7 @@ void pair_rel_stats(const T* x1, const T* x2p, double* sums, i64 N, i64 Cr, i64 
             vt s = vt{}, s2 = vt{};
             for (i64 w0 = 0; w0 < W; w0 += V) {
                 const int nl = (int)imin(V, W - w0);
-                const it keep = X::lane_mask(nl);
+                const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
                 const vt av = X::loadm(x1 + ((n * Cr + c) * H + h) * W + w0, nl, x1_end, keep);
                 const T* bj = x2p + (n * Cr + c) * HWp + h * g.Wp + w0;
                 for (i64 j = 0; j < g.K; ++j) {
@@ -418,7 +430,7 @@ void pair_train_u(const T* x1, const T* x2p, const T* hp, const T* s0, const T* 
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 c = 0; c < Cr; ++c) {
                 A[c] = X::loadm(x1 + ((n * Cr + c) * H + h) * W + w0, nl, x1_end, keep);
                 S[c] = vt{};
@@ -467,7 +479,7 @@ void pair_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const 
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 j = 0; j < K; ++j) {
                 const T* uj = u + ((n * K + j) * Cr) * HW + h * W + w0;
                 for (i64 o = 0; o < Cr; ++o) H1[o] = X::relu(X::loadm(uj + o * HW, nl, u_end, keep) * s3[o] + t3[o]);
@@ -531,7 +543,7 @@ void pair_grad_weights(const T* gout, const T* vp, const T* wsm, const T* u, con
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 c = 0; c < Cm; ++c) G[c] = X::loadm(gout + ((n * Cm + c) * H + h) * W + w0, nl, g_end, keep);
             for (i64 j = 0; j < K; ++j) {
                 const T* vj = vp + n * Cm * HWp + h * g.Wp + w0 + g.off[j];
@@ -628,7 +640,7 @@ void pair_grad_hidden(const T* x1, const T* x2p, const T* hp, const T* u, const 
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < H * g.segs; ++item) {
             const i64 h = item / g.segs, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 c = 0; c < Cr; ++c) {
                 S[c] = vt{};
                 S2[c] = vt{};
@@ -721,8 +733,15 @@ void pair_grad_inputs(const T* x1, const T* x2p, const T* mean0, const T* rstd0,
             for (i64 h = 0; h < H; ++h)
                 for (i64 w0 = 0; w0 < W; w0 += V) {
                     const int nl = (int)imin(V, W - w0);
-                    const it keep = X::lane_mask(nl);
                     const i64 o = h * W + w0, op = h * g.Wp + w0;
+                    if (nl == V) {
+                        const vt zhat = (X::load(a + o) - X::load(bj + op) - mu) * rs;
+                        const vt gz = (X::load(gv + o) - mm - zhat * dd) * cc;
+                        X::store(g1 + o, X::load(g1 + o) + gz);
+                        X::store(g2j + op, X::load(g2j + op) - gz);
+                        continue;
+                    }
+                    const it keep = X::lane_mask(nl);
                     const vt zhat = (X::loadm(a + o, nl, x1_end, keep) - X::loadm(bj + op, nl, x2_end, keep) - mu) * rs;
                     const vt gz = X::masked((X::loadm(gv + o, nl, g_end, keep) - mm - zhat * dd) * cc, nl, keep);
                     X::storem(g1 + o, X::loadm(g1 + o, nl, g1_end, keep) + gz, nl, g1_end, keep);
@@ -777,7 +796,7 @@ void patch_eval(const T* x1, const T* x2p, const T* vp, const T* s0, const T* t0
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 o = 0; o < Cw; ++o) U[o] = X::set1(t3[o]);
             patch_first_product<T, V>(x1, x2p, x1_end, x2_end, s0, t0, w1, g, n, h, w0, nl, keep, Cr, Cw, H0.data(),
                                       U.data());
@@ -819,7 +838,7 @@ void patch_stats0(const T* x1, const T* x2p, double* sums, i64 N, i64 Cr, i64 H,
             S2.zero();
             for (i64 w0 = 0; w0 < W; w0 += V) {
                 const int nl = (int)imin(V, W - w0);
-                const it keep = X::lane_mask(nl);
+                const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
                 const vt av = X::loadm(x1 + ((n * Cr + c) * H + h) * W + w0, nl, x1_end, keep);
                 S[0] += av;
                 S2[0] += av * av;
@@ -857,7 +876,7 @@ void patch_train_u(const T* x1, const T* x2p, const T* s0, const T* t0, const T*
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             U.zero();
             patch_first_product<T, V>(x1, x2p, x1_end, x2_end, s0, t0, w1, g, n, h, w0, nl, keep, Cr, Cw, H0.data(),
                                       U.data());
@@ -888,7 +907,7 @@ void patch_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 i = 0; i < Cw; ++i)
                 H1[i] = X::relu(X::loadm(u + ((n * Cw + i) * H + h) * W + w0, nl, u_end, keep) * s3[i] + t3[i]);
             for (i64 j = 0; j < K; ++j) {
@@ -938,7 +957,7 @@ void patch_grad_weights(const T* gout, const T* vp, const T* u, const T* s3, con
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 c = 0; c < Cm; ++c) G[c] = X::loadm(gout + ((n * Cm + c) * H + h) * W + w0, nl, g_end, keep);
             GH.zero();
             for (i64 j = 0; j < K; ++j) {
@@ -997,7 +1016,7 @@ void patch_grad_hidden(const T* gv3, const T* u, const T* c3, const T* m3, const
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
             const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
             const int nl = (int)imin(V, W - w0);
-            const it keep = X::lane_mask(nl);
+            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
             for (i64 o = 0; o < Cw; ++o) {
                 const i64 at = ((n * Cw + o) * H + h) * W + w0;
                 const vt uhat = (X::loadm(u + at, nl, u_end, keep) - mean3[o]) * rstd3[o];
@@ -1048,7 +1067,7 @@ void patch_grad_w1(const T* gu, const T* x1, const T* x2p, const T* s0, const T*
                 for (i64 h = 0; h < H; ++h)
                     for (i64 w0 = 0; w0 < W; w0 += V) {
                         const int nl = (int)imin(V, W - w0);
-                        const it keep = X::lane_mask(nl);
+                        const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
                         for (i64 cc = 0; cc < cn; ++cc) {
                             const i64 c = c0 + cc;
                             const T* src = b == 0 ? x1 + ((n * Cr + c) * H + h) * W + w0
@@ -1098,7 +1117,7 @@ void patch_grad_inputs(const T* x1, const T* x2p, const T* mean0, const T* rstd0
             for (i64 h = 0; h < H; ++h)
                 for (i64 w0 = 0; w0 < W; w0 += V) {
                     const int nl = (int)imin(V, W - w0);
-                    const it keep = X::lane_mask(nl);
+                    const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
                     const vt zhat = (X::loadm(src + h * stride + w0, nl, src_end, keep) - mu) * rs;
                     const vt gz = X::masked((X::loadm(gv + h * W + w0, nl, g_end, keep) - mm - zhat * dd) * cc, nl,
                                             keep);
@@ -1109,6 +1128,98 @@ void patch_grad_inputs(const T* x1, const T* x2p, const T* mean0, const T* rstd0
                         X::storem(dst, X::loadm(dst, nl, g2_end, keep) + gz, nl, g2_end, keep);
                     }
                 }
+        }
+    }
+}
+
+// ==================================================================================================================
+// 2 x 2 max-pool (stride 2, floor), as F.max_pool2d: the first maximum of each window in row-major order wins, NaN
+// propagates; the forward keeps the argmax as one byte per output (0..3) instead of an int64 index
+// ==================================================================================================================
+template <typename T>
+static RZ_INLINE void pool2_window(const T* r0, const T* r1, T& best, uint8_t& at) {
+    const T v[4] = {r0[0], r0[1], r1[0], r1[1]};
+    best = v[0];
+    at = 0;
+    for (int t = 1; t < 4; ++t)
+        if (v[t] > best || v[t] != v[t]) {  // greater, or NaN (as PyTorch's CPU kernel)
+            best = v[t];
+            at = (uint8_t)t;
+        }
+}
+
+// planes of (H, W) -> (H / 2, W / 2); idx may be null (inference)
+template <typename T>
+void pool2_forward(const T* x, T* out, uint8_t* idx, i64 planes, i64 H, i64 W, int nthreads) {
+    const i64 ho = H / 2, wo = W / 2;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
+    for (i64 row = 0; row < planes * ho; ++row) {
+        const i64 plane = row / ho, r = row % ho;
+        const T* r0 = x + (plane * H + 2 * r) * W;
+        const T* r1 = r0 + W;
+        T* o = out + row * wo;
+        uint8_t* id = idx ? idx + row * wo : nullptr;
+        for (i64 c = 0; c < wo; ++c) {
+            uint8_t at;
+            pool2_window(r0 + 2 * c, r1 + 2 * c, o[c], at);
+            if (id) id[c] = at;
+        }
+    }
+}
+
+// gin (planes, H, W) = gout routed to each window's argmax, zero elsewhere (the odd last row / column included)
+template <typename T>
+void pool2_backward(const T* gout, const uint8_t* idx, T* gin, i64 planes, i64 H, i64 W, int nthreads) {
+    const i64 ho = H / 2, wo = W / 2;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
+    for (i64 plane = 0; plane < planes; ++plane) {
+        T* g = gin + plane * H * W;
+        if (H % 2) std::memset(g + (H - 1) * W, 0, sizeof(T) * W);
+        for (i64 r = 0; r < ho; ++r) {
+            T* g0 = g + 2 * r * W;
+            T* g1 = g0 + W;
+            const T* go = gout + (plane * ho + r) * wo;
+            const uint8_t* id = idx + (plane * ho + r) * wo;
+            for (i64 c = 0; c < wo; ++c) {
+                const T v = go[c];
+                const int at = id[c];
+                g0[2 * c] = at == 0 ? v : (T)0;
+                g0[2 * c + 1] = at == 1 ? v : (T)0;
+                g1[2 * c] = at == 2 ? v : (T)0;
+                g1[2 * c + 1] = at == 3 ? v : (T)0;
+            }
+            if (W % 2) g0[W - 1] = g1[W - 1] = (T)0;
+        }
+    }
+}
+
+// the stem's backward through max-pool and ReLU at once: act = relu(y) (planes, H, W), gy = gout at each window's
+// argmax of act where act > 0, zero elsewhere
+template <typename T>
+void pool2_relu_route(const T* act, const T* gout, T* gy, i64 planes, i64 H, i64 W, int nthreads) {
+    const i64 ho = H / 2, wo = W / 2;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
+    for (i64 plane = 0; plane < planes; ++plane) {
+        T* g = gy + plane * H * W;
+        const T* a = act + plane * H * W;
+        if (H % 2) std::memset(g + (H - 1) * W, 0, sizeof(T) * W);
+        for (i64 r = 0; r < ho; ++r) {
+            const T* a0 = a + 2 * r * W;
+            const T* a1 = a0 + W;
+            T* g0 = g + 2 * r * W;
+            T* g1 = g0 + W;
+            const T* go = gout + (plane * ho + r) * wo;
+            for (i64 c = 0; c < wo; ++c) {
+                T best;
+                uint8_t at;
+                pool2_window(a0 + 2 * c, a1 + 2 * c, best, at);
+                const T v = best > 0 ? go[c] : (T)0;
+                g0[2 * c] = at == 0 ? v : (T)0;
+                g0[2 * c + 1] = at == 1 ? v : (T)0;
+                g1[2 * c] = at == 2 ? v : (T)0;
+                g1[2 * c + 1] = at == 3 ? v : (T)0;
+            }
+            if (W % 2) g0[W - 1] = g1[W - 1] = (T)0;
         }
     }
 }

@@ -26,7 +26,8 @@ import os
 import torch
 
 __all__ = ["available", "status", "usable", "disabled", "lanes", "pair_eval", "pair_train_forward",
-           "pair_train_backward", "patch_eval", "patch_train_forward", "patch_train_backward"]
+           "pair_train_backward", "patch_eval", "patch_train_forward", "patch_train_backward", "pool2_forward",
+           "pool2_backward", "pool2_relu_route"]
 
 _ISA_NAMES = {2: "avx512", 1: "avx2", 0: "generic"}
 _lib = None
@@ -118,13 +119,13 @@ def _fn(name: str, dtype: torch.dtype, v: int):
 
 
 def _run(name: str, dtype: torch.dtype, width: int, *args) -> None:
-    """Call kernel ``name`` for ``dtype`` with the lane count for maps ``width`` pixels wide: tensors are passed as
-    pointers (made contiguous first, and referenced here until the call returns; outputs must be allocated
-    contiguous by the caller), ints as int64, then the thread count."""
+    """Call kernel ``name`` for ``dtype`` with the lane count for maps ``width`` pixels wide (0: a kernel without
+    lanes): tensors are passed as pointers (made contiguous first, and referenced here until the call returns;
+    outputs must be allocated contiguous by the caller), ints as int64, then the thread count."""
     keep, cargs = [], []
     for a in args:
         if isinstance(a, torch.Tensor):
-            if a.device.type != "cpu" or a.dtype not in (dtype, torch.float64):
+            if a.device.type != "cpu" or a.dtype not in (dtype, torch.float64, torch.uint8):
                 raise TypeError(f"relzoo's SAN CPU kernel {name} takes {dtype} CPU tensors, got {a.dtype} on "
                                 f"{a.device}")
             t = a if a.is_contiguous() else a.contiguous()
@@ -132,7 +133,7 @@ def _run(name: str, dtype: torch.dtype, width: int, *args) -> None:
             cargs.append(ctypes.c_void_p(t.data_ptr()))
         else:
             cargs.append(ctypes.c_int64(int(a)))
-    _fn(name, dtype, lanes(dtype, width))(*cargs, ctypes.c_int(max(1, torch.get_num_threads())))
+    _fn(name, dtype, lanes(dtype, width) if width else 1)(*cargs, ctypes.c_int(max(1, torch.get_num_threads())))
     del keep
 
 
@@ -323,3 +324,37 @@ def patch_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Te
          cr, h, w, ks)
     return (gx1, gx2p, gvp, ggamma0.clone(), gbeta0.clone(), gw1, ggamma3.to(dt, copy=True),
             gbeta3.to(dt, copy=True), gw2, gb2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2 x 2 max-pool (stride 2, floor), as F.max_pool2d (first maximum of a window in row-major order, NaN propagates)
+# ----------------------------------------------------------------------------------------------------------------
+def pool2_forward(x: torch.Tensor, with_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, C, H, W)`` -> the pooled ``(N, C, H // 2, W // 2)`` and, when ``with_index``, each window's argmax as
+    a byte (0..3, row-major; an empty tensor otherwise)."""
+    n, c, h, w = x.shape
+    out = torch.empty(n, c, h // 2, w // 2, dtype=x.dtype)
+    idx = torch.empty(out.shape if with_index else (0,), dtype=torch.uint8)
+    if out.numel():
+        _run("pool2_forward", x.dtype, 0, x, out, idx if with_index else None, n * c, h, w)
+    return out, idx
+
+
+def pool2_backward(grad_out: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The gradient of :func:`pool2_forward` for its input ``(N, C, h, w)``: ``grad_out`` at each window's argmax,
+    zero elsewhere."""
+    n, c = grad_out.shape[:2]
+    grad_in = torch.empty(n, c, h, w, dtype=grad_out.dtype)
+    if grad_in.numel():
+        _run("pool2_backward", grad_out.dtype, 0, grad_out, idx, grad_in, n * c, h, w)
+    return grad_in
+
+
+def pool2_relu_route(act: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """Backward through ``max_pool_2x2(act)`` and the ReLU that made ``act``: ``grad_out`` at each window's argmax
+    of ``act`` where ``act > 0``, zero elsewhere; ``(N, C, H, W)``."""
+    n, c, h, w = act.shape
+    grad = torch.empty_like(act, memory_format=torch.contiguous_format)
+    if grad.numel():
+        _run("pool2_relu_route", act.dtype, 0, act, grad_out.to(act.dtype), grad, n * c, h, w)
+    return grad

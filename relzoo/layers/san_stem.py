@@ -24,18 +24,63 @@ This module only imports torch.
 import torch
 import torch.nn.functional as F
 
+from .san_native import pool2_backward as _native_pool2_backward
+from .san_native import pool2_forward as _native_pool2_forward
+from .san_native import pool2_relu_route as _native_pool2_relu_route
+from .san_native import usable as _native_usable
 from .san_ops import bn_scale_shift, conv1x1, update_running_stats
 
 __all__ = ["max_pool_2x2", "stem_pool", "stem_eval", "stem_train", "conv1x1_batch_stats"]
 
 
-def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, 2)``; without autograd it runs as element-wise maxima of the four strided views.
+def _pool_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _native_pool2_forward(x, True)
 
-    Same values either way. The strided form is about 6x faster on CPU for NCHW maps in inference, but its
-    backward (ties, masks) is slower than max-pool's, so training uses ``F.max_pool2d``.
+
+def _pool_backward(grad_out: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return _native_pool2_backward(grad_out, idx, h, w)
+
+
+_pool_op = torch.library.custom_op("relzoo::san_max_pool_2x2", _pool_forward, mutates_args=())
+_pool_backward_op = torch.library.custom_op("relzoo::san_max_pool_2x2_backward", _pool_backward, mutates_args=())
+
+
+@_pool_op.register_fake
+def _(x):
+    shape = (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
+
+
+@_pool_backward_op.register_fake
+def _(grad_out, idx, h, w):
+    return grad_out.new_empty(grad_out.shape[0], grad_out.shape[1], h, w)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.size = inputs[0].shape[-2:]
+
+
+def _pool_grad(ctx, grad_out, grad_idx):
+    (idx,) = ctx.saved_tensors
+    return _pool_backward_op(grad_out, idx, ctx.size[0], ctx.size[1])
+
+
+_pool_op.register_autograd(_pool_grad, setup_context=_pool_setup_context)
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, 2)`` (the same values and gradients: the first maximum of a window in row-major order).
+
+    With autograd, on tensors the CPU kernels take (:mod:`relzoo.layers.san_native`), a custom operator whose
+    forward keeps each window's argmax as one byte and whose backward writes every input once (no zero fill and
+    scatter); otherwise ``F.max_pool2d``. Without autograd, element-wise maxima of the four strided views (about
+    6x faster than ``F.max_pool2d`` on NCHW maps).
     """
     if x.requires_grad and torch.is_grad_enabled():
+        if not torch.jit.is_scripting() and x.dim() == 4 and _native_usable(x):
+            return _pool_op(x)[0]
         return F.max_pool2d(x, 2, 2)
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     out = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
@@ -87,10 +132,13 @@ def _stem_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.T
         r1 = min(h, r0 + rows)
         xb = x[:, :, 2 * r0 : 2 * r1, : 2 * w].to(dtype).contiguous()
         act = conv1x1(xb, folded.view(c_out, c_in, 1, 1), shift_d).relu_()
-        _, index = torch.ops.aten.max_pool2d_with_indices(act, [2, 2], [2, 2])
-        grad_act = torch.ops.aten.max_pool2d_with_indices_backward(grad_out[:, :, r0:r1], act, [2, 2], [2, 2],
-                                                                    [0, 0], [1, 1], False, index)
-        grad_y = torch.ops.aten.threshold_backward(grad_act, act, 0)          # ReLU: where the output is > 0
+        if _native_usable(act):   # max-pool and ReLU in one pass
+            grad_y = _native_pool2_relu_route(act, grad_out[:, :, r0:r1])
+        else:
+            _, index = torch.ops.aten.max_pool2d_with_indices(act, [2, 2], [2, 2])
+            grad_act = torch.ops.aten.max_pool2d_with_indices_backward(grad_out[:, :, r0:r1], act, [2, 2], [2, 2],
+                                                                        [0, 0], [1, 1], False, index)
+            grad_y = torch.ops.aten.threshold_backward(grad_act, act, 0)      # ReLU: where the output is > 0
         grad_y = grad_y.view(n, c_out, -1)
         grad_shift += grad_y.sum(dim=(0, 2))
         gram += torch.bmm(grad_y, xb.view(n, c_in, -1).transpose(1, 2)).sum(0)
