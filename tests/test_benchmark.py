@@ -42,11 +42,14 @@ def test_benchmark_quick_runs_beside_timms_benchmark_script(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "argv", argv)      # restored afterwards: later tests read the program name from it
     result = runpy.run_path(str(ROOT / "scripts" / "benchmark.py"), run_name="not_main")["main"](argv[1:])
     assert result["aggregation"][0]["memory_ratio"] > 1  # the reference holds the unfolded copy, the fast path does not
-    assert result["attention"][0]["memory_ratio"] > 1  # the fused attention never holds the relation tensor
+    attention = {(r["sa_type"], r["mode"]): r for r in result["attention"]}
+    assert set(attention) == {(t, m) for t in ("pairwise", "patchwise") for m in ("inference", "train")}
+    assert all(r["kernels"] and r["speedup"] > 0 for r in attention.values())
+    assert attention["pairwise", "train"]["memory_ratio"] > 1  # the kernels never hold the relation tensor
     rows = {r["model"]: r for r in result["models"]}
-    assert set(rows) >= {"san10_pair", "san10_pair (unfused attention)", "resnet26"}
-    assert rows["san10_pair"]["train_images_per_s"] > 0 and "train_images_per_s" not in rows[
-        "san10_pair (unfused attention)"]  # training runs the same operators with or without fused inference
+    assert set(rows) >= {"san10_pair", "san10_pair (PyTorch operators)", "resnet26"}
+    assert rows["san10_pair"]["train_images_per_s"] > 0 and rows["san10_pair (PyTorch operators)"][
+        "train_images_per_s"] > 0
     pids = [pid for r in result["models"] for pid in r["processes"]]
     assert len(pids) == len(set(pids)) == len(rows) and os.getpid() not in pids  # one fresh process per model row
     assert (tmp_path / "b.json").is_file()

@@ -18,8 +18,8 @@ import torch
 from .common import interleaved_bursts, peak_memory_bytes, ratios, spread, sync_for, timed_medians
 
 NAME = "san"
-DESCRIPTION = ("SAN operators and SAN models against resnet50 (about 45 minutes on 2 CPU cores; --repeats 3: 20); "
-               "--compile: cold starts; --profile: per-operator profile")
+DESCRIPTION = ("SAN operators (CPU kernels against the PyTorch operators) and SAN models against resnet50 (about 45 "
+               "minutes on 2 CPU cores; --repeats 3: 20); --compile: cold starts; --profile: per-operator profile")
 
 
 def bench_aggregation(device, repeats: int, quick: bool) -> list[dict]:
@@ -52,45 +52,65 @@ def bench_aggregation(device, repeats: int, quick: bool) -> list[dict]:
 
 
 def bench_attention(device, repeats: int, quick: bool) -> list[dict]:
-    """Pairwise SAM inference at SAN10 stage shapes: fused path against the unfused tap-loop operators."""
-    from relzoo.layers import SelfAttention2d, set_fused_inference
+    """Both released self-attentions at SAN10 stage shapes (batch 8, 224 px), inference and a training step
+    (forward + backward, batch statistics in the weight network): the compiled CPU kernels against the PyTorch
+    operators (:func:`relzoo.layers.san_native.disabled`: the fused PyTorch inference paths, the tap-loop operators in
+    training). Without the kernels (not built, another device) the rows compare the PyTorch operators with
+    themselves and say so."""
+    from relzoo.layers import SelfAttention2d, san_native
 
-    shapes = [("stage1", 8, 256, 56), ("stage3", 8, 1024, 14)]  # batch 8, 224 px: (N, C, side)
+    shapes = [("stage1", 8, 256, 56), ("stage3", 8, 1024, 14)]  # (N, C, side); 7x7 footprints
     if quick:
         shapes = [("tiny", 1, 64, 12)]
+    kernels = san_native.available() and device.type == "cpu"
     rows = []
-    for name, n, c, hw in shapes:
-        sam = SelfAttention2d("pairwise", c, c // 16, c // 4, 8, 7).to(device).eval()
-        x = torch.randn(n, c, hw, hw, device=device)
+    for sa_type in ("pairwise", "patchwise"):
+        for name, n, c, hw in shapes:
+            sam = SelfAttention2d(sa_type, c, c // 16, c // 4, 8, 7).to(device)
+            x = torch.randn(n, c, hw, hw, device=device, requires_grad=True)
+            g = torch.randn(n, c // 4, hw, hw, device=device)
+            for mode in ("inference", "train"):
+                def run(native, sam=sam, x=x, g=g, mode=mode):
+                    def call():
+                        with (san_native.disabled() if not native else torch.enable_grad()):
+                            if mode == "inference":
+                                sam.eval()
+                                with torch.no_grad():
+                                    sam(x)
+                            else:
+                                sam.train()
+                                x.grad = None
+                                sam.zero_grad(set_to_none=True)
+                                sam(x).backward(g)
+                    return call
 
-        def run(fused, sam=sam, x=x):
-            def call():
-                set_fused_inference(sam, fused)
-                with torch.no_grad():
-                    sam(x)
-            return call
-
-        fns = {"fused": run(True), "unfused": run(False)}
-        t = timed_medians(fns, repeats, sync_for(device))
-        mem = {k: peak_memory_bytes(f) for k, f in fns.items()}
-        rows.append(dict(shape=f"{name} ({n}x{c}x{hw}x{hw}, 7x7)", fused_ms=t["fused"] * 1e3,
-                         unfused_ms=t["unfused"] * 1e3, speedup=t["unfused"] / t["fused"],
-                         fused_peak_mib=mem["fused"] / 2**20, unfused_peak_mib=mem["unfused"] / 2**20,
-                         memory_ratio=mem["unfused"] / max(mem["fused"], 1)))
+                fns = {"kernels": run(kernels), "pytorch": run(False)}
+                t = timed_medians(fns, repeats, sync_for(device))
+                mem = {k: peak_memory_bytes(f) for k, f in fns.items()}
+                rows.append(dict(sa_type=sa_type, mode=mode, shape=f"{name} ({n}x{c}x{hw}x{hw}, 7x7)",
+                                 kernels=kernels, kernels_ms=t["kernels"] * 1e3, pytorch_ms=t["pytorch"] * 1e3,
+                                 speedup=t["pytorch"] / t["kernels"], kernels_peak_mib=mem["kernels"] / 2**20,
+                                 pytorch_peak_mib=mem["pytorch"] / 2**20,
+                                 memory_ratio=mem["pytorch"] / max(mem["kernels"], 1)))
     return rows
 
 
 MODELS = [("san10_pair", {}), ("san10_patch", {}), ("san15_pair", {}), ("san15_patch", {}), ("san19_pair", {}),
-          ("san19_patch", {}), ("san10_pair", "unfused"), ("san10_patch", "unfused"),
+          ("san19_patch", {}), ("san10_pair", "pytorch"), ("san10_patch", "pytorch"),
           ("san10_pair", {"implementation": "reference"}), ("san10_patch", {"implementation": "reference"}),
           ("resnet26", {}), ("resnet50", {})]
-QUICK_MODELS = [("san10_pair", {}), ("san10_pair", "unfused"), ("san10_patch", {"implementation": "reference"}),
+QUICK_MODELS = [("san10_pair", {}), ("san10_pair", "pytorch"), ("san10_patch", {"implementation": "reference"}),
                 ("resnet26", {})]
 TIMM_MODELS = ["san10_pair", "san10_patch", "resnet26", "resnet50"]
 
 
 def _label(name: str, kw) -> str:
-    return name + (" (unfused attention)" if kw == "unfused" else " (reference ops)" if kw else "")
+    """Row names: ``"pytorch"`` runs the model with the CPU kernels disabled (the PyTorch operators, fused in
+    inference: what relzoo ran before the kernels), ``"unfused"`` also without the fused inference paths, a dict is
+    model arguments (``implementation="reference"``: pad + unfold operators)."""
+    if isinstance(kw, str):
+        return name + {"pytorch": " (PyTorch operators)", "unfused": " (unfused attention)"}[kw]
+    return name + (" (reference ops)" if kw else "")
 
 
 def _model_steps(model, x, target):
@@ -120,9 +140,11 @@ def model_probe(spec: dict) -> dict:
     import timm
 
     import relzoo  # noqa: F401
-    from relzoo.layers import set_fused_inference
+    from relzoo.layers import san_native, set_fused_inference
 
     device, kw = torch.device(spec["device"]), spec["kwargs"]
+    if kw in ("pytorch", "unfused"):   # this process never runs the CPU kernels
+        san_native.disabled().__enter__()
     torch.manual_seed(0)
     model = timm.create_model(spec["model"], **(kw if isinstance(kw, dict) else {})).to(device).eval()
     set_fused_inference(model, kw != "unfused")
@@ -374,11 +396,13 @@ def markdown(agg: list[dict], attention: list[dict], models: list[dict], meta: d
         lines.append(f"| {r['shape']} | {r['fast_ms']:.1f} | {r['reference_ms']:.1f} | **{r['speedup']:.1f}x** | "
                      f"{r['fast_peak_mib']:.1f} | {r['reference_peak_mib']:.1f} | **{r['memory_ratio']:.1f}x** |")
     if attention:
-        lines += ["", "| pairwise attention, inference | fused ms | unfused ms | speed-up | fused peak MiB | "
-                  "unfused peak MiB | memory ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+        note = "" if attention[0]["kernels"] else " (kernels unavailable here: PyTorch against itself)"
+        lines += ["", f"| self-attention{note} | mode | kernels ms | PyTorch ms | speed-up | kernels peak MiB | "
+                  "PyTorch peak MiB | memory ratio |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in attention:
-        lines.append(f"| {r['shape']} | {r['fused_ms']:.1f} | {r['unfused_ms']:.1f} | **{r['speedup']:.1f}x** | "
-                     f"{r['fused_peak_mib']:.1f} | {r['unfused_peak_mib']:.1f} | **{r['memory_ratio']:.1f}x** |")
+        lines.append(f"| {r['sa_type']} {r['shape']} | {r['mode']} | {r['kernels_ms']:.1f} | {r['pytorch_ms']:.1f} | "
+                     f"**{r['speedup']:.1f}x** | {r['kernels_peak_mib']:.1f} | {r['pytorch_peak_mib']:.1f} | "
+                     f"**{r['memory_ratio']:.1f}x** |")
     if models:
         lines += ["", models_markdown(models, meta)]
     return "\n".join(lines)
@@ -450,7 +474,7 @@ def add_arguments(group) -> None:
                        help="only the per-operator profile of san10_pair, san10_patch and resnet50 (or --models), "
                             "inference and training step, with the device's measured matmul and bandwidth ceilings")
     group.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                       help="timm names for the model table (default: SAN10/15/19, unfused and reference-operator "
+                       help="timm names for the model table (default: SAN10/15/19, PyTorch-operator and reference-operator "
                             "rows, resnet26, resnet50); ratios are against resnet50 when it is listed")
     group.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes of the model table (default 8)")
     group.add_argument("--burst", type=int, default=None,
