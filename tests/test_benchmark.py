@@ -50,6 +50,7 @@ def test_benchmark_quick_runs_beside_timms_benchmark_script(tmp_path, monkeypatc
     assert set(rows) >= {"san10_pair", "san10_pair (PyTorch operators)", "resnet26"}
     assert rows["san10_pair"]["train_images_per_s"] > 0 and rows["san10_pair (PyTorch operators)"][
         "train_images_per_s"] > 0
+    assert rows["san10_pair"]["kernels"] and not rows["san10_pair (PyTorch operators)"]["kernels"]
     pids = [pid for r in result["models"] for pid in r["processes"]]
     assert len(pids) == len(set(pids)) == len(rows) and os.getpid() not in pids  # one fresh process per model row
     assert (tmp_path / "b.json").is_file()
@@ -127,6 +128,8 @@ def test_benchmark_options_belong_to_their_benchmark(capsys):
         main(["san", "--quick", "--timm_benchmark", "nowhere.py"])
     with pytest.raises(SystemExit, match="--burst must be at least 1, got 0"):
         main(["san", "--quick", "--burst", "0"])
+    with pytest.raises(SystemExit, match="NAME:KIND with KIND one of .*, got 'san10_pair:fastest'"):
+        main(["san", "--quick", "--skip_operators", "--models", "san10_pair:fastest"])
 
 
 def test_timm_scripts_runner_passes_the_arguments_and_runs_as_main(tmp_path, capsys, monkeypatch):

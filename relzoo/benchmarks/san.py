@@ -104,6 +104,19 @@ QUICK_MODELS = [("san10_pair", {}), ("san10_pair", "pytorch"), ("san10_patch", {
 TIMM_MODELS = ["san10_pair", "san10_patch", "resnet26", "resnet50"]
 
 
+KINDS = {"pytorch": "pytorch", "unfused": "unfused", "reference": {"implementation": "reference"}}
+
+
+def parse_model(text: str) -> tuple[str, object]:
+    """``name`` or ``name:kind`` (``pytorch``: the CPU kernels off; ``unfused``: also the fused inference paths;
+    ``reference``: the pad + unfold operators) -> ``(name, kwargs)`` as in :data:`MODELS`."""
+    name, _, kind = text.partition(":")
+    if kind and kind not in KINDS:
+        raise SystemExit(f"benchmark.py san: error: --models takes NAME or NAME:KIND with KIND one of "
+                         f"{sorted(KINDS)}, got {text!r}")
+    return name, KINDS[kind] if kind else {}
+
+
 def _label(name: str, kw) -> str:
     """Row names: ``"pytorch"`` runs the model with the CPU kernels disabled (the PyTorch operators, fused in
     inference: what relzoo ran before the kernels), ``"unfused"`` also without the fused inference paths, a dict is
@@ -143,8 +156,9 @@ def model_probe(spec: dict) -> dict:
     from relzoo.layers import san_native, set_fused_inference
 
     device, kw = torch.device(spec["device"]), spec["kwargs"]
-    if kw in ("pytorch", "unfused"):   # this process never runs the CPU kernels
-        san_native.disabled().__enter__()
+    if kw in ("pytorch", "unfused"):   # this process never runs the CPU kernels (the guard lives as long as it)
+        model_probe.kernels_off = san_native.disabled()
+        model_probe.kernels_off.__enter__()
     torch.manual_seed(0)
     model = timm.create_model(spec["model"], **(kw if isinstance(kw, dict) else {})).to(device).eval()
     set_fused_inference(model, kw != "unfused")
@@ -153,7 +167,8 @@ def model_probe(spec: dict) -> dict:
     sync = sync_for(device)
 
     infer, train_step = _model_steps(model, x, target)
-    out = dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, pid=os.getpid())
+    out = dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, pid=os.getpid(),
+               kernels=san_native.usable(x))
     steps = [("infer", infer, spec["burst"], spec["warmup"])] if spec["infer"] else []
     if spec["train"]:
         steps.append(("train", train_step, spec["train_burst"], spec["train_warmup"]))
@@ -186,7 +201,7 @@ def bench_models(device, rounds: int, train_rounds: int, quick: bool, batch: int
     min-max over rounds. Peak memory is taken in the first round."""
     models = QUICK_MODELS if quick else MODELS
     if names:
-        models = [(n, {}) for n in names]
+        models = [parse_model(n) for n in names]
     labels = {_label(n, kw): (n, kw) for n, kw in models}
     base = "resnet50" if "resnet50" in labels else "resnet26" if "resnet26" in labels else next(iter(labels))
     trains = {k for k in labels if "unfused" not in k}  # training never runs the fused inference paths
@@ -207,7 +222,7 @@ def bench_models(device, rounds: int, train_rounds: int, quick: bool, batch: int
         row = dict(model=k, batch=batch, params_m=first["params_m"], images_per_s=speed[0],
                    images_per_s_range=speed[1:], vs_baseline=ratio[0], vs_baseline_range=ratio[1:],
                    inference_peak_mib=first["infer_peak_mib"], baseline=base, rounds=rounds, train_rounds=train_rounds,
-                   processes=[x["pid"] for x in results])
+                   processes=[x["pid"] for x in results], kernels=first["kernels"])
         if k in trains:
             t_train = [x["train_s"] for x in results[:train_rounds]]
             t_base = [x["train_s"] for x in runs[base][:train_rounds]]
@@ -473,8 +488,9 @@ def add_arguments(group) -> None:
     group.add_argument("--profile", action="store_true",
                        help="only the per-operator profile of san10_pair, san10_patch and resnet50 (or --models), "
                             "inference and training step, with the device's measured matmul and bandwidth ceilings")
-    group.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                       help="timm names for the model table (default: SAN10/15/19, PyTorch-operator and reference-operator "
+    group.add_argument("--models", nargs="+", default=None, metavar="NAME[:KIND]",
+                       help="timm names for the model table, KIND pytorch (kernels off), unfused or reference "
+                            "(default: SAN10/15/19, PyTorch-operator and reference-operator "
                             "rows, resnet26, resnet50); ratios are against resnet50 when it is listed")
     group.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes of the model table (default 8)")
     group.add_argument("--burst", type=int, default=None,
@@ -497,6 +513,8 @@ def run(args, device: torch.device, meta: dict) -> tuple[dict, str]:
     if args.profile:
         batch = (args.batch or [meta["batch"]])[0]
         names = args.models or (["san10_pair", "resnet26"] if args.quick else ["san10_pair", "san10_patch", "resnet50"])
+        if any(":" in n for n in names):
+            raise SystemExit(f"benchmark.py san: error: --profile takes plain model names, got {names}")
         rows, limits = profile_models(device, names, batch, meta["size"]), machine_limits(device)
         meta = dict(meta, batch=batch)
         return dict(meta=meta, profile=rows, limits=limits), profile_markdown(rows, limits, meta)
@@ -520,7 +538,8 @@ def run(args, device: torch.device, meta: dict) -> tuple[dict, str]:
         result["models"] += models
         tables.append(models_markdown(models, meta))
         if args.timm_benchmark:
-            names = args.models or (["san10_pair", "resnet26"] if args.quick else TIMM_MODELS)
+            names = ([n for n in args.models if ":" not in n] if args.models else   # timm runs plain names
+                     ["san10_pair", "resnet26"] if args.quick else TIMM_MODELS)
             timm_rows = bench_timm(args.timm_benchmark, device, names, batch, meta["size"], meta["train_repeats"],
                                    *args.timm_iters)
             result["timm"] += timm_rows

@@ -44,7 +44,10 @@ template <typename VT> struct VBuf {
     explicit VBuf(i64 count) : ptr(nullptr), n((size_t)(count > 0 ? count : 1)) {
         size_t bytes = (n * sizeof(VT) + 63) / 64 * 64;
         ptr = static_cast<VT*>(std::aligned_alloc(64, bytes));
-        if (ptr == nullptr) throw std::bad_alloc();
+        if (ptr == nullptr) {  // a few KiB of scratch: nothing sensible is left to do (no exception crosses ctypes)
+            std::fprintf(stderr, "relzoo SAN CPU kernel: out of memory for %zu bytes of scratch\n", bytes);
+            std::abort();
+        }
         std::memset(static_cast<void*>(ptr), 0, bytes);
     }
     ~VBuf() { std::free(ptr); }
