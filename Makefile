@@ -9,12 +9,12 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo demo-san demo-hsnet app browser test test-fast lint bench bench-ctx bench-hsnet bench-plugins \
+.PHONY: install demo demo-san demo-hsnet app browser compiler test test-fast lint bench bench-ctx bench-hsnet bench-plugins \
 	fewshot-table plugin-table fashion-mnist clean
 
 # setup.py builds relzoo._san_cpu (SAN's CPU kernels) from relzoo/csrc: editing them reinstalls (rebuilds)
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard relzoo/csrc/*)
-	$(MAKE) --no-print-directory browser
+	$(MAKE) --no-print-directory browser compiler
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -30,6 +30,18 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "chromium / chromedriver missing: run 'apt-get install -y chromium chromium-driver' as root" >&2; \
 	  exit 1; fi; \
+	fi
+
+# a C++ compiler and Python's headers build SAN's CPU kernels (Debian packages g++, python3-dev); without them
+# relzoo installs and runs its PyTorch operators, and tests/test_san_native.py says the kernels are missing
+compiler:
+	@missing=""; command -v c++ >/dev/null 2>&1 || missing="g++"; \
+	$(PYTHON) -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing to build SAN's CPU kernels: $$missing (apt-get install -y $$missing as root)" >&2; fi; \
 	fi
 
 # Fashion-MNIST comes from Debian's package `dataset-fashion-mnist` (idx files in /usr/share/datasets/fashion-mnist)
