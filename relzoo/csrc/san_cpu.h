@@ -262,6 +262,33 @@ struct Geo {
     i64 items() const { return N * H * segs; }  // (n, h, segment)
 };
 
+// one work item of Geo::items(): image n, row h, first column w0 of the segment, its live lanes nl and their mask
+template <typename T, int V>
+struct Seg {
+    i64 n, h, w0;
+    int nl;
+    typename Vx<T, V>::it keep;
+    RZ_INLINE Seg(const Geo& g, i64 item)
+        : n(item / (g.H * g.segs)), h((item / g.segs) % g.H), w0((item % g.segs) * V), nl((int)imin(V, g.W - w0)),
+          keep(nl == V ? typename Vx<T, V>::it{} - 1 : Vx<T, V>::lane_mask(nl)) {}
+};
+
+// the aggregation of one segment: out[n, c, h, w0 + lane] = sum_j A[j * Cw + c % Cw] vp[n, c, tap j] for c < Cm
+// (A: the segment's attention weights, rows of Cw per tap; vp: the padded values, (N, Cm, Hp, Wp))
+template <typename T, int V>
+RZ_INLINE void aggregate_segment(const typename Vx<T, V>::vt* A, const T* vp, const T* vp_end, T* out, const Geo& g,
+                                 const Seg<T, V>& s, i64 Cw, i64 Cm) {
+    typedef Vx<T, V> X;
+    const i64 HWp = g.Hp * g.Wp;
+    for (i64 c = 0; c < Cm; ++c) {
+        const i64 q = c % Cw;
+        const T* vc = vp + (s.n * Cm + c) * HWp + s.h * g.Wp + s.w0;
+        typename X::vt acc = typename X::vt{};
+        for (i64 j = 0; j < g.K; ++j) acc += A[j * Cw + q] * X::loadm(vc + g.off[j], s.nl, vp_end, s.keep);
+        X::storen(out + ((s.n * Cm + c) * g.H + s.h) * g.W + s.w0, acc, s.nl);
+    }
+}
+
 #define RZ_PARALLEL_ITEMS(nthreads, count, body)                                                  \
     _Pragma("omp parallel num_threads(nthreads)") {                                               \
         const int tid = omp_get_thread_num();                                                     \
@@ -328,7 +355,6 @@ void pair_eval(const T* a, const T* bp, const T* vp, const T* hp, const T* w1, c
                T* out, i64 N, i64 Cr, i64 Cw, i64 Cm, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K, C0 = Cr + 2;
     const T* a_end = a + N * Cr * HW;
@@ -338,9 +364,8 @@ void pair_eval(const T* a, const T* bp, const T* vp, const T* hp, const T* w1, c
     _Pragma("omp parallel num_threads(nthreads)") {
         VBuf<vt> A(Cr), H0(C0), U(Cr), LG(K * Cw);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 c = 0; c < Cr; ++c) A[c] = X::loadm(a + ((n * Cr + c) * H + h) * W + w0, nl, a_end, keep);
             for (i64 j = 0; j < K; ++j) {
                 const T* bj = bp + n * Cr * HWp + h * g.Wp + w0 + g.off[j];
@@ -367,13 +392,7 @@ void pair_eval(const T* a, const T* bp, const T* vp, const T* hp, const T* w1, c
                 const vt r = X::set1(1) / s;
                 for (i64 j = 0; j < K; ++j) LG[j * Cw + q] *= r;
             }
-            for (i64 c = 0; c < Cm; ++c) {
-                const i64 q = c % Cw;
-                const T* vc = vp + (n * Cm + c) * HWp + h * g.Wp + w0;
-                vt acc = vt{};
-                for (i64 j = 0; j < K; ++j) acc += LG[j * Cw + q] * X::loadm(vc + g.off[j], nl, vp_end, keep);
-                X::storen(out + ((n * Cm + c) * H + h) * W + w0, acc, nl);
-            }
+            aggregate_segment<T, V>(LG.data(), vp, vp_end, out, g, sg, Cw, Cm);
         }
     }
 }
@@ -420,7 +439,6 @@ void pair_train_u(const T* x1, const T* x2p, const T* hp, const T* s0, const T* 
                   i64 N, i64 Cr, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K, C0 = Cr + 2;
     const T* x1_end = x1 + N * Cr * HW;
@@ -431,9 +449,8 @@ void pair_train_u(const T* x1, const T* x2p, const T* hp, const T* s0, const T* 
         double* my = acc.of(omp_get_thread_num());
         VBuf<vt> A(Cr), H0(C0), U(Cr), S(Cr), S2(Cr);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 c = 0; c < Cr; ++c) {
                 A[c] = X::loadm(x1 + ((n * Cr + c) * H + h) * W + w0, nl, x1_end, keep);
                 S[c] = vt{};
@@ -472,7 +489,6 @@ void pair_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const 
                        i64 N, i64 Cr, i64 Cw, i64 Cm, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K;
     const T* u_end = u + N * K * Cr * HW;
@@ -480,9 +496,8 @@ void pair_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const 
     _Pragma("omp parallel num_threads(nthreads)") {
         VBuf<vt> H1(Cr), LG(K * Cw);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 j = 0; j < K; ++j) {
                 const T* uj = u + ((n * K + j) * Cr) * HW + h * W + w0;
                 for (i64 o = 0; o < Cr; ++o) H1[o] = X::relu(X::loadm(uj + o * HW, nl, u_end, keep) * s3[o] + t3[o]);
@@ -505,13 +520,7 @@ void pair_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const 
                     X::storen(wout + ((n * K + j) * Cw + q) * HW + h * W + w0, LG[j * Cw + q], nl);
                 }
             }
-            for (i64 c = 0; c < Cm; ++c) {
-                const i64 q = c % Cw;
-                const T* vc = vp + (n * Cm + c) * HWp + h * g.Wp + w0;
-                vt acc = vt{};
-                for (i64 j = 0; j < K; ++j) acc += LG[j * Cw + q] * X::loadm(vc + g.off[j], nl, vp_end, keep);
-                X::storen(out + ((n * Cm + c) * H + h) * W + w0, acc, nl);
-            }
+            aggregate_segment<T, V>(LG.data(), vp, vp_end, out, g, sg, Cw, Cm);
         }
     }
 }
@@ -526,7 +535,6 @@ void pair_grad_weights(const T* gout, const T* vp, const T* wsm, const T* u, con
                        i64 Cm, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K;
     const T* vp_end = vp + N * Cm * HWp;
@@ -544,9 +552,8 @@ void pair_grad_weights(const T* gout, const T* vp, const T* wsm, const T* u, con
         double* as = accs.of(tid);
         VBuf<vt> G(Cm), GL(K * Cw), H1(K * Cr), GH(Cr), S(Cr), S2(Cr);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 c = 0; c < Cm; ++c) G[c] = X::loadm(gout + ((n * Cm + c) * H + h) * W + w0, nl, g_end, keep);
             for (i64 j = 0; j < K; ++j) {
                 const T* vj = vp + n * Cm * HWp + h * g.Wp + w0 + g.off[j];
@@ -788,7 +795,6 @@ void patch_eval(const T* x1, const T* x2p, const T* vp, const T* s0, const T* t0
                 const T* w2, const T* b2, T* out, i64 N, i64 Cr, i64 Cw, i64 Cm, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K;
     const T* x1_end = x1 + N * Cr * HW;
@@ -797,9 +803,8 @@ void patch_eval(const T* x1, const T* x2p, const T* vp, const T* s0, const T* t0
     _Pragma("omp parallel num_threads(nthreads)") {
         VBuf<vt> H0(Cr), U(Cw), LG(K * Cw);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 o = 0; o < Cw; ++o) U[o] = X::set1(t3[o]);
             patch_first_product<T, V>(x1, x2p, x1_end, x2_end, s0, t0, w1, g, n, h, w0, nl, keep, Cr, Cw, H0.data(),
                                       U.data());
@@ -809,13 +814,7 @@ void patch_eval(const T* x1, const T* x2p, const T* vp, const T* s0, const T* t0
                 for (i64 q = 0; q < Cw; ++q) lg[q] = X::set1(b2[j * Cw + q]);
                 mv<T, V>(w2 + j * Cw * Cw, Cw, Cw, Cw, U.data(), lg);
             }
-            for (i64 c = 0; c < Cm; ++c) {
-                const i64 q = c % Cw;
-                const T* vc = vp + (n * Cm + c) * HWp + h * g.Wp + w0;
-                vt acc = vt{};
-                for (i64 j = 0; j < K; ++j) acc += LG[j * Cw + q] * X::loadm(vc + g.off[j], nl, vp_end, keep);
-                X::storen(out + ((n * Cm + c) * H + h) * W + w0, acc, nl);
-            }
+            aggregate_segment<T, V>(LG.data(), vp, vp_end, out, g, sg, Cw, Cm);
         }
     }
 }
@@ -867,7 +866,6 @@ void patch_train_u(const T* x1, const T* x2p, const T* s0, const T* t0, const T*
                    i64 Cr, i64 Cw, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L;
     const T* x1_end = x1 + N * Cr * HW;
@@ -877,9 +875,8 @@ void patch_train_u(const T* x1, const T* x2p, const T* s0, const T* t0, const T*
         double* my = acc.of(omp_get_thread_num());
         VBuf<vt> H0(Cr), U(Cw);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             U.zero();
             patch_first_product<T, V>(x1, x2p, x1_end, x2_end, s0, t0, w1, g, n, h, w0, nl, keep, Cr, Cw, H0.data(),
                                       U.data());
@@ -900,7 +897,6 @@ void patch_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const
                         i64 N, i64 Cw, i64 Cm, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K;
     const T* u_end = u + N * Cw * HW;
@@ -908,9 +904,8 @@ void patch_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const
     _Pragma("omp parallel num_threads(nthreads)") {
         VBuf<vt> H1(Cw), LG(K * Cw);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 i = 0; i < Cw; ++i)
                 H1[i] = X::relu(X::loadm(u + ((n * Cw + i) * H + h) * W + w0, nl, u_end, keep) * s3[i] + t3[i]);
             for (i64 j = 0; j < K; ++j) {
@@ -919,13 +914,7 @@ void patch_train_attend(const T* u, const T* s3, const T* t3, const T* w2, const
                 mv<T, V>(w2 + j * Cw * Cw, Cw, Cw, Cw, H1.data(), lg);
                 for (i64 q = 0; q < Cw; ++q) X::storen(wout + ((n * K + j) * Cw + q) * HW + h * W + w0, lg[q], nl);
             }
-            for (i64 c = 0; c < Cm; ++c) {
-                const i64 q = c % Cw;
-                const T* vc = vp + (n * Cm + c) * HWp + h * g.Wp + w0;
-                vt acc = vt{};
-                for (i64 j = 0; j < K; ++j) acc += LG[j * Cw + q] * X::loadm(vc + g.off[j], nl, vp_end, keep);
-                X::storen(out + ((n * Cm + c) * H + h) * W + w0, acc, nl);
-            }
+            aggregate_segment<T, V>(LG.data(), vp, vp_end, out, g, sg, Cw, Cm);
         }
     }
 }
@@ -940,7 +929,6 @@ void patch_grad_weights(const T* gout, const T* vp, const T* u, const T* s3, con
                         i64 Cm, i64 H, i64 W, i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K;
     const T* vp_end = vp + N * Cm * HWp;
@@ -958,9 +946,8 @@ void patch_grad_weights(const T* gout, const T* vp, const T* u, const T* s3, con
         double* as = accs.of(tid);
         VBuf<vt> G(Cm), GL(Cw), GH(Cw);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 c = 0; c < Cm; ++c) G[c] = X::loadm(gout + ((n * Cm + c) * H + h) * W + w0, nl, g_end, keep);
             GH.zero();
             for (i64 j = 0; j < K; ++j) {
@@ -1001,7 +988,6 @@ void patch_grad_hidden(const T* gv3, const T* u, const T* c3, const T* m3, const
                        i64 ks, int nthreads) {
     typedef Vx<T, V> X;
     typedef typename X::vt vt;
-    typedef typename X::it it;
     const Geo g(N, H, W, ks, V);
     const i64 HWp = g.Hp * g.Wp, HW = g.L, K = g.K, B = K + 1;
     const T* x1_end = x1 + N * Cr * HW;
@@ -1017,9 +1003,8 @@ void patch_grad_hidden(const T* gv3, const T* u, const T* c3, const T* m3, const
         vt* as = accs.of(omp_get_thread_num());
         VBuf<vt> GU(Cw), GH(Cr);
         _Pragma("omp for schedule(static)") for (i64 item = 0; item < g.items(); ++item) {
-            const i64 n = item / (H * g.segs), h = (item / g.segs) % H, w0 = (item % g.segs) * V;
-            const int nl = (int)imin(V, W - w0);
-            const it keep = nl == V ? it{} - 1 : X::lane_mask(nl);
+            const Seg<T, V> sg(g, item);
+            const auto& [n, h, w0, nl, keep] = sg;
             for (i64 o = 0; o < Cw; ++o) {
                 const i64 at = ((n * Cw + o) * H + h) * W + w0;
                 const vt uhat = (X::loadm(u + at, nl, u_end, keep) - mean3[o]) * rstd3[o];
