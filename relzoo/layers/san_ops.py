@@ -448,7 +448,7 @@ class Conv1x1(nn.Conv2d):
 def bn_scale_shift(weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor | None,
                    running_var: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` with ``batch_norm_eval(x) == x * scale + shift`` per channel, from BatchNorm's parameters
-    and running statistics (which must exist)."""
+    and running statistics (which must exist; the stem passes batch statistics)."""
     assert running_mean is not None and running_var is not None
     scale = torch.rsqrt(running_var + eps)
     if weight is not None:

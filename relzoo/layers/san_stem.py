@@ -237,12 +237,7 @@ def stem_train(x: torch.Tensor, conv_weight: torch.Tensor, bn_weight: torch.Tens
     if count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
     update_running_stats(running_mean, running_var, num_batches_tracked, momentum, mean, var, count)
-    scale = torch.rsqrt(var + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight
-    shift = -mean * scale
-    if bn_bias is not None:
-        shift = shift + bn_bias
+    scale, shift = bn_scale_shift(bn_weight, bn_bias, mean, var, eps)   # batch statistics in place of running ones
     return stem_pool(x, conv_weight, scale, shift, band_bytes)
 
 
