@@ -1136,7 +1136,7 @@ static RZ_INLINE void pool2_window(const T* r0, const T* r1, T& best, uint8_t& a
         }
 }
 
-// planes of (H, W) -> (H / 2, W / 2); idx may be null (inference)
+// planes of (H, W) -> (H / 2, W / 2), idx: each window's argmax as a byte, 0..3 row-major (may be null)
 template <typename T>
 void pool2_forward(const T* x, T* out, uint8_t* idx, i64 planes, i64 H, i64 W, int nthreads) {
     const i64 ho = H / 2, wo = W / 2;

@@ -329,14 +329,14 @@ def patch_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Te
 # ----------------------------------------------------------------------------------------------------------------
 # 2 x 2 max-pool (stride 2, floor), as F.max_pool2d (first maximum of a window in row-major order, NaN propagates)
 # ----------------------------------------------------------------------------------------------------------------
-def pool2_forward(x: torch.Tensor, with_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, C, H, W)`` -> the pooled ``(N, C, H // 2, W // 2)`` and, when ``with_index``, each window's argmax as
-    a byte (0..3, row-major; an empty tensor otherwise)."""
+def pool2_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, C, H, W)`` -> the pooled ``(N, C, H // 2, W // 2)`` and each window's argmax as a byte (0..3,
+    row-major). (Inference keeps its element-wise maxima: as fast here, and no index to write.)"""
     n, c, h, w = x.shape
     out = torch.empty(n, c, h // 2, w // 2, dtype=x.dtype)
-    idx = torch.empty(out.shape if with_index else (0,), dtype=torch.uint8)
+    idx = torch.empty(out.shape, dtype=torch.uint8)
     if out.numel():
-        _run("pool2_forward", x.dtype, 0, x, out, idx if with_index else None, n * c, h, w)
+        _run("pool2_forward", x.dtype, 0, x, out, idx, n * c, h, w)
     return out, idx
 
 

@@ -34,7 +34,7 @@ __all__ = ["max_pool_2x2", "stem_pool", "stem_eval", "stem_train", "conv1x1_batc
 
 
 def _pool_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _native_pool2_forward(x, True)
+    return _native_pool2_forward(x)
 
 
 def _pool_backward(grad_out: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
