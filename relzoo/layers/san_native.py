@@ -222,17 +222,15 @@ def pair_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Ten
     _run("pair_grad_weights", dt, w, grad_out, x3p, wsm, u, s3, t3, w2, mean3, rstd3, gbuf, gw2, gb2, sums3, n, cr,
          cw, cm, h, w, ks)
     gbeta3, ggamma3 = sums3[:cr], sums3[cr:]
-    c3 = (gamma3.double() * rstd3.double()).to(dt)
     s0, t0 = _affine(gamma0, beta0, mean0, rstd0, dt)
     ghp = torch.empty(2, k2, h, w, dtype=dt)
     gw1 = torch.empty(cr, cr + 2, dtype=dt)
     sums0 = torch.zeros(2 * cr, dtype=torch.float64)
-    _run("pair_grad_hidden", dt, w, x1, x2p, hp, u, s0, t0, w1, mean0, rstd0, c3, (gbeta3 / count).to(dt),
+    _run("pair_grad_hidden", dt, w, x1, x2p, hp, u, s0, t0, w1, mean0, rstd0, s3, (gbeta3 / count).to(dt),
          (ggamma3 / count).to(dt), mean3, rstd3, gbuf, ghp, gw1, sums0, n, cr, h, w, ks)
     gbeta0, ggamma0 = sums0[:cr], sums0[cr:]
-    c0 = (gamma0.double() * rstd0.double()).to(dt)
     gx1, gx2p = torch.empty_like(x1), torch.empty_like(x2p)
-    _run("pair_grad_inputs", dt, w, x1, x2p, mean0, rstd0, c0, (gbeta0 / count).to(dt), (ggamma0 / count).to(dt), gbuf,
+    _run("pair_grad_inputs", dt, w, x1, x2p, mean0, rstd0, s0, (gbeta0 / count).to(dt), (ggamma0 / count).to(dt), gbuf,
          gx1, gx2p, n, cr, h, w, ks)
     return (gx1, gx2p, gvp, ghp, ggamma0.to(dt, copy=True), gbeta0.to(dt, copy=True), gw1,
             ggamma3.to(dt, copy=True), gbeta3.to(dt, copy=True), gw2, gb2)
@@ -308,19 +306,17 @@ def patch_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Te
     gw2 = torch.bmm(gl.view(n, k2 * cw, h * w), h1.view(n, cw, h * w).transpose(1, 2)).sum(0).view(k2, cw, cw)
     del gl
     gbeta3, ggamma3 = sums3[:cw], sums3[cw:]
-    c3 = (gamma3.double() * rstd3.double()).to(dt)
     s0, t0 = _affine(gamma0, beta0, mean0, rstd0, dt)
     gbuf = torch.empty(n, k2 + 1, cr, h, w, dtype=dt)
     gu = torch.empty(n, cw, h, w, dtype=dt)
     sums0 = torch.zeros(2 * (k2 + 1) * cr, dtype=dt)
-    _run("patch_grad_hidden", dt, w, gv3, u, c3, (gbeta3 / count).to(dt), (ggamma3 / count).to(dt), mean3, rstd3, x1,
+    _run("patch_grad_hidden", dt, w, gv3, u, s3, (gbeta3 / count).to(dt), (ggamma3 / count).to(dt), mean3, rstd3, x1,
          x2p, s0, t0, w1, mean0, rstd0, gbuf, gu, sums0, n, cr, cw, h, w, ks)
     gw1 = torch.empty(k2 + 1, cw, cr, dtype=dt)
     _run("patch_grad_w1", dt, w, gu, x1, x2p, s0, t0, gw1, n, cr, cw, h, w, ks)
     gbeta0, ggamma0 = sums0[: (k2 + 1) * cr].view(k2 + 1, cr), sums0[(k2 + 1) * cr :].view(k2 + 1, cr)
-    c0 = (gamma0.double() * rstd0.double()).to(dt)
     gx1, gx2p = torch.empty_like(x1), torch.empty_like(x2p)
-    _run("patch_grad_inputs", dt, w, x1, x2p, mean0, rstd0, c0, gbeta0 / count, ggamma0 / count, gbuf, gx1, gx2p, n,
+    _run("patch_grad_inputs", dt, w, x1, x2p, mean0, rstd0, s0, gbeta0 / count, ggamma0 / count, gbuf, gx1, gx2p, n,
          cr, h, w, ks)
     return (gx1, gx2p, gvp, ggamma0.clone(), gbeta0.clone(), gw1, ggamma3.to(dt, copy=True),
             gbeta3.to(dt, copy=True), gw2, gb2)
