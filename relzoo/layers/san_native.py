@@ -204,7 +204,7 @@ def pair_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, h
 def pair_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor,
                         hp: torch.Tensor, u: torch.Tensor, wsm: torch.Tensor, stats: torch.Tensor,
                         gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
-                        beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, ...]:
+                        beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> list[torch.Tensor]:
     """Gradients of :func:`pair_train_forward` for ``x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2, b2``
     (BatchNorm's backward with batch statistics included)."""
     n, cr, h, w = x1.shape
@@ -232,8 +232,8 @@ def pair_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Ten
     gx1, gx2p = torch.empty_like(x1), torch.empty_like(x2p)
     _run("pair_grad_inputs", dt, w, x1, x2p, mean0, rstd0, s0, (gbeta0 / count).to(dt), (ggamma0 / count).to(dt), gbuf,
          gx1, gx2p, n, cr, h, w, ks)
-    return (gx1, gx2p, gvp, ghp, ggamma0.to(dt, copy=True), gbeta0.to(dt, copy=True), gw1,
-            ggamma3.to(dt, copy=True), gbeta3.to(dt, copy=True), gw2, gb2)
+    return [gx1, gx2p, gvp, ghp, ggamma0.to(dt, copy=True), gbeta0.to(dt, copy=True), gw1,
+            ggamma3.to(dt, copy=True), gbeta3.to(dt, copy=True), gw2, gb2]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def patch_eval(x1: torch.Tensor, x2p: torch.Tensor, vp: torch.Tensor, s0: torch.
 def patch_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, gamma0: torch.Tensor,
                         beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor, beta3: torch.Tensor,
                         w2: torch.Tensor, b2: torch.Tensor, eps0: float, eps3: float,
-                        kernel_size: int) -> tuple[torch.Tensor, ...]:
+                        kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Patchwise attention with batch statistics in both BatchNorms (parameters in blocks).
 
     Returns ``out`` ``(N, Cm, H, W)``, ``u`` ``(N, Cw, H, W)`` (first product), ``wts`` ``(N, K, Cw, H, W)``
@@ -285,7 +285,7 @@ def patch_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, 
 def patch_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor,
                          u: torch.Tensor, wts: torch.Tensor, stats0: torch.Tensor, stats3: torch.Tensor,
                          gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
-                         beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, ...]:
+                         beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> list[torch.Tensor]:
     """Gradients of :func:`patch_train_forward` for ``x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2, b2``."""
     n, cr, h, w = x1.shape
     cm, cw, ks = x3p.shape[1], w1.shape[1], kernel_size
@@ -318,8 +318,8 @@ def patch_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Te
     gx1, gx2p = torch.empty_like(x1), torch.empty_like(x2p)
     _run("patch_grad_inputs", dt, w, x1, x2p, mean0, rstd0, s0, gbeta0 / count, ggamma0 / count, gbuf, gx1, gx2p, n,
          cr, h, w, ks)
-    return (gx1, gx2p, gvp, ggamma0.clone(), gbeta0.clone(), gw1, ggamma3.to(dt, copy=True),
-            gbeta3.to(dt, copy=True), gw2, gb2)
+    return [gx1, gx2p, gvp, ggamma0.clone(), gbeta0.clone(), gw1, ggamma3.to(dt, copy=True),
+            gbeta3.to(dt, copy=True), gw2, gb2]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -587,40 +587,22 @@ def _pairwise_attention_eval_native(x: torch.Tensor, qkv_weight: torch.Tensor, q
     BN0 applied to the centre term and its scale to the neighbour term, BN3 folded into the first product, the two
     position channels (the same for every sample) after BN0 and ReLU computed once; then one fused pass per segment
     of a row."""
-    n, c_in, h, w = x.shape
+    _, c_in, h, w = x.shape
     pad = footprint_padding(k)
-    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1), x.reshape(n, c_in, h * w))
-    qkv = qkv.view(n, -1, h, w)
+    qkv = conv1x1(x, qkv_weight.view(-1, c_in, 1, 1), qkv_bias)
     a = torch.addcmul(t0[:cr].view(1, -1, 1, 1), qkv[:, :cr], s0[:cr].view(1, -1, 1, 1))
     bp = _pad(qkv[:, cr : 2 * cr] * s0[:cr].view(1, -1, 1, 1), pad, pad_mode)
     vp = _pad(qkv[:, 2 * cr :], pad, pad_mode)
     p = conv1x1(position_grid(h, w, x.device, x.dtype), pos_weight, pos_bias)
     diff = subtraction(p, k, pad_mode=pad_mode)[0]                               # (2, K, L)
     hp = torch.addcmul(t0[cr:].view(2, 1, 1), diff, s0[cr:].view(2, 1, 1)).relu_().view(2, k * k, h, w)
-    return _native_pair_eval(a, bp, vp, hp, w1.view(cr, cr + 2) * s3[:, None], t3, w2.view(w2.shape[0], cr), b2,
-                                k)
+    return _native_pair_eval(a, bp, vp, hp, w1.view(cr, cr + 2) * s3[:, None], t3, w2.view(w2.shape[0], cr), b2, k)
 
 
-def _pairwise_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, hp: torch.Tensor,
-                            gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
-                            beta3: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, eps0: float, eps3: float,
-                            kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _native_pair_train_forward(x1, x2p, x3p, hp, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3,
-                                         kernel_size)
-
-
-def _pairwise_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor,
-                             hp: torch.Tensor, u: torch.Tensor, wsm: torch.Tensor, stats: torch.Tensor,
-                             gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
-                             beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> list[torch.Tensor]:
-    return list(_native_pair_train_backward(grad_out, x1, x2p, x3p, hp, u, wsm, stats, gamma0, beta0, w1, gamma3,
-                                               beta3, w2, kernel_size))
-
-
-_pairwise_train_op = torch.library.custom_op("relzoo::san_pairwise_attention_train", _pairwise_train_forward,
+_pairwise_train_op = torch.library.custom_op("relzoo::san_pairwise_attention_train", _native_pair_train_forward,
                                              mutates_args=())
 _pairwise_train_backward_op = torch.library.custom_op("relzoo::san_pairwise_attention_train_backward",
-                                                      _pairwise_train_backward, mutates_args=())
+                                                      _native_pair_train_backward, mutates_args=())
 
 
 @_pairwise_train_op.register_fake
@@ -720,10 +702,8 @@ def _patchwise_attention_eval_native(x: torch.Tensor, qkv_weight: torch.Tensor, 
                                      bn0: list[torch.Tensor], eps0: float, w1: torch.Tensor, bn3: list[torch.Tensor],
                                      eps3: float, w2: torch.Tensor, b2: torch.Tensor, k: int,
                                      pad_mode: str) -> torch.Tensor:
-    n, c_in, h, w = x.shape
     pad = footprint_padding(k)
-    qkv = torch.baddbmm(qkv_bias.view(1, -1, 1), qkv_weight.unsqueeze(0).expand(n, -1, -1), x.reshape(n, c_in, h * w))
-    qkv = qkv.view(n, -1, h, w)
+    qkv = conv1x1(x, qkv_weight.view(-1, x.shape[1], 1, 1), qkv_bias)
     s0, t0 = bn_scale_shift(bn0[0], bn0[1], bn0[2], bn0[3], eps0)
     s3, t3 = bn_scale_shift(bn3[0], bn3[1], bn3[2], bn3[3], eps3)
     w1 = w1.flatten(1) * s3[:, None]                                             # BN3 folded into the first product
@@ -756,27 +736,10 @@ def _(x, qkv_weight, qkv_bias, rel_planes, bn0, eps0, w1, bn3, eps3, w2, b2, ker
     return x.new_empty(x.shape[0], qkv_weight.shape[0] - 2 * rel_planes, x.shape[2], x.shape[3])
 
 
-def _patchwise_train_forward(x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor, gamma0: torch.Tensor,
-                             beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor, beta3: torch.Tensor,
-                             w2: torch.Tensor, b2: torch.Tensor, eps0: float, eps3: float,
-                             kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                        torch.Tensor]:
-    return _native_patch_train_forward(x1, x2p, x3p, gamma0, beta0, w1, gamma3, beta3, w2, b2, eps0, eps3,
-                                          kernel_size)
-
-
-def _patchwise_train_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2p: torch.Tensor, x3p: torch.Tensor,
-                              u: torch.Tensor, wts: torch.Tensor, stats0: torch.Tensor, stats3: torch.Tensor,
-                              gamma0: torch.Tensor, beta0: torch.Tensor, w1: torch.Tensor, gamma3: torch.Tensor,
-                              beta3: torch.Tensor, w2: torch.Tensor, kernel_size: int) -> list[torch.Tensor]:
-    return list(_native_patch_train_backward(grad_out, x1, x2p, x3p, u, wts, stats0, stats3, gamma0, beta0, w1,
-                                                gamma3, beta3, w2, kernel_size))
-
-
-_patchwise_train_op = torch.library.custom_op("relzoo::san_patchwise_attention_train", _patchwise_train_forward,
+_patchwise_train_op = torch.library.custom_op("relzoo::san_patchwise_attention_train", _native_patch_train_forward,
                                               mutates_args=())
 _patchwise_train_backward_op = torch.library.custom_op("relzoo::san_patchwise_attention_train_backward",
-                                                       _patchwise_train_backward, mutates_args=())
+                                                       _native_patch_train_backward, mutates_args=())
 
 
 @_patchwise_train_op.register_fake
